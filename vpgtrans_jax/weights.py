@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -138,12 +139,18 @@ def hf_to_pure_dict(
 
 
 def fill_abstract(
-    abstract_model: nnx.Module, pure: Mapping, *, source: str = "checkpoint"
+    abstract_model: nnx.Module,
+    pure: Mapping,
+    *,
+    source: str = "checkpoint",
+    shardings: nnx.State | None = None,
 ) -> nnx.Module:
     """Returns a concrete model: ``abstract_model``'s structure with ``pure``'s arrays.
 
     Every parameter must be present with the expected shape; arrays are cast to each parameter's
-    declared dtype. Raises ValueError listing missing/unexpected paths or shape mismatches.
+    declared dtype and, when ``shardings`` (``sharding.state_shardings`` of the abstract state) is
+    given, placed straight onto the mesh one tensor at a time. Raises ValueError listing
+    missing/unexpected paths or shape mismatches.
     """
     graphdef, state = nnx.split(abstract_model)
     flat_expected = {
@@ -167,10 +174,19 @@ def fill_abstract(
     if bad:
         raise ValueError(f"{source}: shape mismatch: " + "; ".join(bad[:20]))
 
+    flat_shardings = (
+        {".".join(map(str, p)): v for p, v in nnx.to_flat_state(shardings)} if shardings else {}
+    )
+
     def fill(path, var):
         key = ".".join(map(str, path))
         want = var.get_value()
-        return var.replace(jnp.asarray(flat_given[key], dtype=want.dtype))
+        host = np.asarray(flat_given[key]).astype(want.dtype)
+        if key in flat_shardings:
+            sh = flat_shardings[key]
+            sh = sh.get_value() if isinstance(sh, nnx.Variable) else sh
+            return var.replace(jax.device_put(host, sh))
+        return var.replace(jnp.asarray(host))
 
     new_state = nnx.from_flat_state(
         [(path, fill(path, var)) for path, var in nnx.to_flat_state(state)]
@@ -196,6 +212,7 @@ def load_from_torch_state_dict(
     *,
     ignore_unused: Callable[[str], bool] = lambda k: False,
     source: str = "state dict",
+    shardings: nnx.State | None = None,
 ) -> nnx.Module:
     """Fills ``abstract_model`` from a torch-style ``{key: tensor}`` mapping (torch or numpy).
 
@@ -215,7 +232,7 @@ def load_from_torch_state_dict(
     unused = sorted(k for k in state_dict if k not in used and not ignore_unused(k))
     if unused:
         raise ValueError(f"{source}: unexpected tensors no parameter uses: {unused[:20]}")
-    return fill_abstract(abstract_model, pure, source=source)
+    return fill_abstract(abstract_model, pure, source=source, shardings=shardings)
 
 
 def abstract(factory: Callable[[], nnx.Module]) -> nnx.Module:

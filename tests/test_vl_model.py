@@ -1,0 +1,108 @@
+"""Whole-model parity: vpgtrans_jax.load(HF BLIP-2 dir) vs Blip2ForConditionalGeneration."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import vpgtrans_jax
+from vpgtrans_jax import torch_reference as F
+from vpgtrans_jax.checkpoint_io import CheckpointError
+from vpgtrans_jax.models.vl_model import IGNORE_INDEX, cross_entropy
+
+
+@pytest.fixture(scope="module", params=["opt", "llama"])
+def saved(request, tmp_path_factory):
+    model = F.tiny_blip2(request.param)
+    path = tmp_path_factory.mktemp(f"blip2_{request.param}")
+    model.save_pretrained(path)
+    return request.param, model, str(path)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_logits_match_pytorch(saved, scan):
+    _, pt_model, path = saved
+    model = vpgtrans_jax.load(path, scan_layers=scan)
+    pixels, ids, mask = F.inputs()
+    ours = np.asarray(model(jnp.asarray(pixels), jnp.asarray(ids), jnp.asarray(mask)))
+    ref = F.torch_logits(pt_model, pixels, ids, mask)[:, F.NUM_QUERY :]
+    assert ours.shape == ref.shape == (2, ids.shape[1], pt_model.config.text_config.vocab_size)
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_loss_is_lavis_next_token_ce(saved):
+    """Text token t is predicted from position Q+t-1, padding/prompt labels are ignored."""
+    _, pt_model, path = saved
+    model = vpgtrans_jax.load(path)
+    pixels, ids, mask = F.inputs()
+    labels = np.where(mask == 1, ids, IGNORE_INDEX)
+    prompt_lengths = np.array([2, 0], np.int32)
+    loss, aux = model.loss(
+        jnp.asarray(pixels),
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        jnp.asarray(labels),
+        prompt_lengths=jnp.asarray(prompt_lengths),
+    )
+    full = torch.from_numpy(F.torch_logits(pt_model, pixels, ids, mask))
+    q, t = F.NUM_QUERY, ids.shape[1]
+    pred = full[:, q - 1 : q + t - 1]
+    tgt = torch.from_numpy(labels).long().clone()
+    tgt[0, :2] = IGNORE_INDEX
+    ref = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1))
+    assert int(aux["num_tokens"]) == int((tgt != IGNORE_INDEX).sum())
+    np.testing.assert_allclose(float(loss), float(ref), atol=1e-5)
+
+
+def test_cross_entropy_ignores_everything_masked():
+    logits = jnp.zeros((1, 3, 5))
+    loss, aux = cross_entropy(logits, jnp.full((1, 3), IGNORE_INDEX))
+    assert float(loss) == 0.0 and int(aux["num_tokens"]) == 0
+
+
+def test_sharded_safetensors_and_bf16(tmp_path):
+    pt_model = F.tiny_blip2("opt", seed=3)
+    pt_model.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    pixels, ids, mask = F.inputs(seed=5)
+    ref = F.torch_logits(pt_model, pixels, ids, mask)[:, F.NUM_QUERY :]
+    model = vpgtrans_jax.load(str(tmp_path))
+    np.testing.assert_allclose(np.asarray(model(pixels, ids, mask)), ref, atol=1e-4, rtol=0)
+    bf16 = vpgtrans_jax.load(str(tmp_path), dtype="bfloat16")
+    out = np.asarray(bf16(pixels, ids, mask).astype(jnp.float32))
+    # bf16 compute: same argmax almost everywhere and small relative error.
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        vpgtrans_jax.load(str(tmp_path / "nope"))
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(CheckpointError, match="model_type 'bert'"):
+        vpgtrans_jax.load(str(tmp_path))
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    pt_model = F.tiny_blip2("opt")
+    pt_model.save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        vpgtrans_jax.load(str(tmp_path))
+
+
+def test_jit_matches_eager(saved):
+    _, _, path = saved
+    model = vpgtrans_jax.load(path)
+    pixels, ids, mask = F.inputs()
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    fwd = jax.jit(lambda s, p, i, m: nnx.merge(graphdef, s)(p, i, m))
+    np.testing.assert_allclose(
+        np.asarray(fwd(state, pixels, ids, mask)), np.asarray(model(pixels, ids, mask)), atol=1e-5
+    )

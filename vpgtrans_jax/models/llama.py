@@ -1,0 +1,548 @@
+"""LLaMA-family decoder-only causal LM (LLaMA 1/2/3, Vicuna, Mistral without sliding window, Qwen2).
+
+Pre-norm blocks: ``x + attn(rms(x))`` then ``x + swiglu(rms(x))``, a final RMSNorm and an LM head
+(tied to the token embedding or not). Rotary position embeddings use Hugging Face's "rotate_half"
+layout, so q/k projection weights converted from HF checkpoints need no permutation.
+
+Parameter tree (mirrors ``transformers.LlamaForCausalLM`` without the ``model.`` prefix):
+``embed_tokens.embedding``, ``layers.{i}.self_attn.{q,k,v,o}_proj``, ``layers.{i}.mlp.{gate,up,
+down}_proj``, ``layers.{i}.{input,post_attention}_layernorm.scale``, ``norm.scale`` and
+``lm_head.kernel`` when the head is untied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vpgtrans_jax import attention, layers, sharding, stack
+from vpgtrans_jax.attention import KVCache
+from vpgtrans_jax.weights import WeightRule, layer_rules
+
+RopeScaling = tuple[tuple[str, Any], ...]
+
+_ROPE_KEYS: dict[str, tuple[str, ...]] = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+_MODEL_TYPES = ("llama", "mistral", "qwen2")
+_ACT_AXES = ("activation_batch", "activation_length", "activation_embed")
+_HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", None)
+
+
+def _normalise_rope_scaling(
+    scaling: Mapping[str, Any] | RopeScaling | list | None,
+    max_position_embeddings: int,
+    rope_theta: float,
+) -> RopeScaling | None:
+    """Dict / pairs / None -> sorted ``(key, value)`` pairs (hashable), or None for plain RoPE.
+
+    Raises ValueError for RoPE variants other than "linear" and "llama3".
+    """
+    if scaling is None:
+        return None
+    items = dict(scaling.items() if isinstance(scaling, Mapping) else (tuple(p) for p in scaling))
+    # Old configs spell the variant "type"; rope_theta may sit inside (transformers 5).
+    rope_type = items.pop("rope_type", None) or items.pop("type", None) or "default"
+    items.pop("type", None)
+    inner_theta = items.pop("rope_theta", None)
+    if inner_theta is not None and float(inner_theta) != float(rope_theta):
+        raise ValueError(
+            f"rope_scaling.rope_theta={inner_theta!r} disagrees with rope_theta={rope_theta!r}"
+        )
+    partial = items.pop("partial_rotary_factor", 1.0)
+    if partial != 1.0:
+        raise ValueError(
+            f"rope_scaling.partial_rotary_factor={partial!r} is not supported (need 1.0)"
+        )
+    if rope_type == "default":
+        return None
+    if rope_type not in _ROPE_KEYS:
+        raise ValueError(
+            f"rope_scaling rope_type {rope_type!r} is not supported; expected one of "
+            f"{sorted(_ROPE_KEYS)} or None"
+        )
+    if rope_type == "llama3":
+        items.setdefault("original_max_position_embeddings", max_position_embeddings)
+    wanted = _ROPE_KEYS[rope_type]
+    missing = [k for k in wanted if items.get(k) is None]
+    if missing:
+        raise ValueError(f"rope_scaling of type {rope_type!r} is missing {missing}")
+    extra = sorted(set(items) - set(wanted))
+    if extra:
+        raise ValueError(f"rope_scaling of type {rope_type!r} has unsupported keys {extra}")
+    out: dict[str, Any] = {k: float(items[k]) for k in wanted}
+    if "original_max_position_embeddings" in out:
+        out["original_max_position_embeddings"] = int(items["original_max_position_embeddings"])
+    out["rope_type"] = rope_type
+    return tuple(sorted(out.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """LLaMA-family decoder configuration (defaults: LLaMA-7B).
+
+    ``rope_scaling`` may be given as a dict; it is stored as sorted ``(key, value)`` pairs so the
+    config stays hashable, e.g. ``(("factor", 8.0), ..., ("rope_type", "llama3"))``.
+    ``attention_bias`` puts biases on q, k, v and o (HF Llama); ``qkv_bias`` on q, k, v only
+    (Qwen2).
+    """
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int = 11008
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    attention_bias: bool = False
+    qkv_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    def __post_init__(self):
+        if self.num_kv_heads is None:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"hidden_size={self.hidden_size} is not divisible by "
+                    f"num_heads={self.num_heads}; give head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a positive multiple of "
+                f"num_kv_heads={self.num_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        object.__setattr__(
+            self,
+            "rope_scaling",
+            _normalise_rope_scaling(
+                self.rope_scaling, self.max_position_embeddings, self.rope_theta
+            ),
+        )
+        layers.activation(self.hidden_act)  # raises on an unknown name
+        stack.checkpoint_policy(self.remat_policy)  # raises on an unknown policy
+        for name in ("dtype", "param_dtype"):
+            try:
+                jnp.dtype(getattr(self, name))
+            except TypeError as e:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not a dtype name") from e
+
+    @property
+    def input_embed_dim(self) -> int:
+        """Width of the embeddings ``hidden_states`` takes (the soft prompt's target width)."""
+        return self.hidden_size
+
+    @property
+    def rope_scaling_dict(self) -> dict[str, Any] | None:
+        return None if self.rope_scaling is None else dict(self.rope_scaling)
+
+    @classmethod
+    def from_hf(cls, hf_config: Any, **overrides: Any) -> LlamaConfig:
+        """From a transformers Llama/Mistral/Qwen2 config object or a config.json dict.
+
+        RoPE settings are read from ``rope_parameters`` (transformers 5) or ``rope_theta`` +
+        ``rope_scaling`` (older files). ``overrides`` replace fields (e.g. ``dtype="bfloat16"``).
+        """
+        d = dict(hf_config) if isinstance(hf_config, Mapping) else hf_config.to_dict()
+        model_type = d.get("model_type") or "llama"
+        if model_type not in _MODEL_TYPES:
+            raise ValueError(
+                f"model_type {model_type!r} is not a LLaMA-family decoder; "
+                f"expected one of {_MODEL_TYPES}"
+            )
+        if model_type == "mistral" and d.get("sliding_window") is not None:
+            raise ValueError(
+                f"mistral sliding_window={d['sliding_window']!r} is not supported; "
+                "only full attention (sliding_window=None)"
+            )
+        if model_type == "qwen2" and (
+            d.get("use_sliding_window") or "sliding_attention" in (d.get("layer_types") or ())
+        ):
+            raise ValueError("qwen2 use_sliding_window=True is not supported; only full attention")
+
+        rope_params = d.get("rope_parameters")
+        if rope_params:
+            if not isinstance(rope_params, Mapping) or any(
+                isinstance(v, Mapping) for v in rope_params.values()
+            ):
+                raise ValueError(
+                    "rope_parameters must be one flat dict (no per-layer-type RoPE), "
+                    f"got {rope_params!r}"
+                )
+            rope_theta = rope_params.get("rope_theta", d.get("rope_theta"))
+            rope_scaling = rope_params
+        else:
+            rope_theta = d.get("rope_theta")
+            rope_scaling = d.get("rope_scaling")
+        max_pos = int(d.get("max_position_embeddings", 2048))
+        heads = int(d["num_attention_heads"])
+        kw: dict[str, Any] = dict(
+            vocab_size=int(d["vocab_size"]),
+            hidden_size=int(d["hidden_size"]),
+            num_layers=int(d["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(d.get("num_key_value_heads") or heads),
+            head_dim=d.get("head_dim") or None,
+            intermediate_size=int(d["intermediate_size"]),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(10000.0 if rope_theta is None else rope_theta),
+            rope_scaling=rope_scaling,
+            attention_bias=bool(d.get("attention_bias", False)) and model_type == "llama",
+            qkv_bias=model_type == "qwen2",
+            mlp_bias=bool(d.get("mlp_bias", False)) and model_type == "llama",
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            hidden_act=d.get("hidden_act", "silu"),
+            max_position_embeddings=max_pos,
+        )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown LlamaConfig override(s) {unknown}; valid fields: {sorted(fields)}"
+            )
+        kw.update(overrides)
+        return cls(**kw)
+
+
+@functools.lru_cache(maxsize=64)
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
+    """float32[head_dim // 2] inverse frequencies, computed in float32 as HF does."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    inv_freq = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
+    if scaling is None:
+        return inv_freq
+    s = dict(scaling)
+    factor = np.float32(s["factor"])
+    if s["rope_type"] == "linear":
+        return (inv_freq / factor).astype(np.float32)
+    # llama3: keep high frequencies, divide low ones by `factor`, interpolate in between.
+    old_len = np.float32(s["original_max_position_embeddings"])
+    low, high = np.float32(s["low_freq_factor"]), np.float32(s["high_freq_factor"])
+    wavelen = np.float32(2 * math.pi) / inv_freq
+    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """int[B, T] positions -> (cos, sin), each float32[B, T, D] (frequencies repeated twice)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates float[B, T, H, D] by float32[B, T, D] angles (HF rotate_half layout), in float32."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+class LlamaAttention(nnx.Module):
+    """Causal self-attention with RoPE, GQA and an optional per-layer KV cache slice."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        qkv_bias = cfg.attention_bias or cfg.qkv_bias
+        q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        common = dict(dtype=dt, param_dtype=pdt, rngs=rngs)
+        e = cfg.hidden_size
+        self.q_proj = layers.Dense(e, q_dim, axes=("embed", "heads"), use_bias=qkv_bias, **common)
+        self.k_proj = layers.Dense(
+            e, kv_dim, axes=("embed", "kv_heads"), use_bias=qkv_bias, **common
+        )
+        self.v_proj = layers.Dense(
+            e, kv_dim, axes=("embed", "kv_heads"), use_bias=qkv_bias, **common
+        )
+        self.o_proj = layers.Dense(
+            q_dim, e, axes=("heads", "embed"), use_bias=cfg.attention_bias, **common
+        )
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        kv_cache: tuple[jax.Array, jax.Array] | None = None,
+        index: jax.Array | int = 0,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Attends ``x: float[B, T, E]`` under ``mask: bool[B, 1, T, S]``.
+
+        ``kv_cache``: this layer's (k, v), each float[B, S, K, D]; the new keys/values are written
+        at ``index`` and the queries attend over the whole cache.
+        Returns (float[B, T, E], new cache slice or None).
+        """
+        cfg = self.cfg
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        q = sharding.constrain(apply_rope(q, cos, sin), _HEAD_AXES)
+        k = sharding.constrain(apply_rope(k, cos, sin), _HEAD_AXES)
+        v = sharding.constrain(v, _HEAD_AXES)
+        if kv_cache is not None:
+            k, v = attention.update_layer_cache(*kv_cache, k, v, index)
+            kv_cache = (k, v)
+        out = attention.dot_product_attention(
+            q, k, v, mask, scale=cfg.head_dim**-0.5, dtype=jnp.dtype(cfg.dtype)
+        )
+        return self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), kv_cache
+
+
+class LlamaMLP(nnx.Module):
+    """SwiGLU feed-forward: ``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        common = dict(
+            use_bias=cfg.mlp_bias,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            rngs=rngs,
+        )
+        e, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = layers.Dense(e, f, axes=("embed", "mlp"), **common)
+        self.up_proj = layers.Dense(e, f, axes=("embed", "mlp"), **common)
+        self.down_proj = layers.Dense(f, e, axes=("mlp", "embed"), **common)
+        self.act = layers.activation(cfg.hidden_act)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """float[B, T, E] -> float[B, T, E]."""
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nnx.Module):
+    """Pre-norm block: self-attention then SwiGLU, each with a residual connection."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        norm = dict(
+            eps=cfg.rms_norm_eps,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            rngs=rngs,
+        )
+        self.input_layernorm = layers.RMSNorm(cfg.hidden_size, **norm)
+        self.self_attn = LlamaAttention(cfg, rngs=rngs)
+        self.post_attention_layernorm = layers.RMSNorm(cfg.hidden_size, **norm)
+        self.mlp = LlamaMLP(cfg, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask, kv_cache=None, index=0):
+        """float[B, T, E] -> (float[B, T, E], updated (k, v) cache slice or None)."""
+        h, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, index)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, kv_cache
+
+
+class LlamaForCausalLM(nnx.Module):
+    """LLaMA-family causal LM with the interface shared by every LLM tower."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.embed_tokens = layers.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=pdt, rngs=rngs
+        )
+        self.layers = stack.build_layers(
+            lambda r: LlamaDecoderLayer(cfg, rngs=r), cfg.num_layers, rngs, scan=cfg.scan_layers
+        )
+        self.norm = layers.RMSNorm(
+            cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs
+        )
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else layers.Dense(
+                cfg.hidden_size,
+                cfg.vocab_size,
+                axes=("embed", "vocab"),
+                use_bias=False,
+                dtype=dt,
+                param_dtype=pdt,
+                rngs=rngs,
+            )
+        )
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """int[B, T] token ids -> float[B, T, E] embeddings in the compute dtype."""
+        return self.embed_tokens(input_ids)
+
+    def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> KVCache:
+        """An empty cache of ``max_length`` slots (dtype defaults to the compute dtype)."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype if dtype is None else dtype)
+        return KVCache.init(
+            cfg.num_layers, batch, max_length, cfg.num_kv_heads, cfg.head_dim, dtype
+        )
+
+    def hidden_states(
+        self,
+        inputs_embeds: jax.Array,
+        attention_mask: jax.Array | None,
+        *,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Runs the decoder stack and the final RMSNorm.
+
+        Args:
+          inputs_embeds: float[B, T, E].
+          attention_mask: int/bool[B, S], 1 for real tokens; S == T without a cache and
+            S == cache.max_length with one (covering every slot). None means all ones.
+          positions: int[B, T] RoPE positions; default ``cache.index + arange(T)`` for every row
+            (HF's default; left-padded generation should pass explicit positions).
+          cache: written at ``cache.index``; queries sit at slots index .. index + T - 1.
+
+        Returns:
+          (float[B, T, E] after the final norm, the cache with index + T, or None).
+        """
+        cfg = self.config
+        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must be float[B, T, {cfg.hidden_size}], "
+                f"got shape {tuple(inputs_embeds.shape)}"
+            )
+        b, t, _ = inputs_embeds.shape
+        index = jnp.zeros((), jnp.int32) if cache is None else cache.index
+        if cache is not None:
+            want = (cfg.num_layers, b, cache.max_length, cfg.num_kv_heads, cfg.head_dim)
+            if tuple(cache.k.shape) != want or tuple(cache.v.shape) != want:
+                raise ValueError(
+                    f"cache k/v must have shape [L, B, S, K, D] = {want}, "
+                    f"got {tuple(cache.k.shape)}"
+                )
+        s = t if cache is None else cache.max_length
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, s), jnp.int32)
+        if tuple(attention_mask.shape) != (b, s):
+            where = "cache.max_length (every cache slot)" if cache is not None else "T"
+            raise ValueError(
+                f"attention_mask must be [B, S] = {(b, s)} with S = {where}, "
+                f"got shape {tuple(attention_mask.shape)}"
+            )
+        if positions is None:
+            positions = jnp.broadcast_to(index + jnp.arange(t, dtype=jnp.int32), (b, t))
+        elif tuple(positions.shape) != (b, t):
+            raise ValueError(
+                f"positions must be int[B, T] = {(b, t)}, got {tuple(positions.shape)}"
+            )
+
+        cos, sin = rope_cos_sin(
+            positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        )
+        mask = attention.causal_padding_mask(attention_mask, index, t)
+        x = sharding.constrain(inputs_embeds.astype(jnp.dtype(cfg.dtype)), _ACT_AXES)
+
+        def body(block, h, kv_l):
+            h, kv_l = block(h, cos, sin, mask, kv_l, index)
+            return sharding.constrain(h, _ACT_AXES), kv_l
+
+        xs = None if cache is None else (cache.k, cache.v)
+        x, new_kv = stack.apply_layers(
+            self.layers, body, x, xs, scan=cfg.scan_layers, remat_policy=cfg.remat_policy
+        )
+        x = self.norm(x)
+        if cache is None:
+            return x, None
+        return x, KVCache(k=new_kv[0], v=new_kv[1], index=cache.index + t)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """float[B, T, E] -> float[B, T, V] (compute dtype)."""
+        if self.lm_head is None:
+            return self.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        *,
+        inputs_embeds: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Exactly one of ``input_ids`` (int[B, T]) / ``inputs_embeds`` (float[B, T, E]).
+
+        Returns (logits float[B, T, V], updated cache or None).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids)
+        hidden, cache = self.hidden_states(
+            inputs_embeds, attention_mask, positions=positions, cache=cache
+        )
+        return self.logits(hidden), cache
+
+
+def hf_weight_map(cfg: LlamaConfig) -> list[WeightRule]:
+    """Rules from ``transformers.LlamaForCausalLM`` (also Mistral/Qwen2) state-dict keys."""
+    qkv_bias = cfg.attention_bias or cfg.qkv_bias
+    per_layer: list[tuple[str, str, str]] = []
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        src = f"model.layers.{{i}}.self_attn.{name}"
+        per_layer.append((f"layers.{{i}}.self_attn.{name}.kernel", f"{src}.weight", "linear"))
+        if cfg.attention_bias or (qkv_bias and name != "o_proj"):
+            per_layer.append((f"layers.{{i}}.self_attn.{name}.bias", f"{src}.bias", "copy"))
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        src = f"model.layers.{{i}}.mlp.{name}"
+        per_layer.append((f"layers.{{i}}.mlp.{name}.kernel", f"{src}.weight", "linear"))
+        if cfg.mlp_bias:
+            per_layer.append((f"layers.{{i}}.mlp.{name}.bias", f"{src}.bias", "copy"))
+    for name in ("input_layernorm", "post_attention_layernorm"):
+        per_layer.append(
+            (f"layers.{{i}}.{name}.scale", f"model.layers.{{i}}.{name}.weight", "copy")
+        )
+
+    rules = [
+        WeightRule("embed_tokens.embedding", "model.embed_tokens.weight", "copy"),
+        WeightRule("norm.scale", "model.norm.weight", "copy"),
+        *layer_rules(per_layer, cfg.num_layers, cfg.scan_layers),
+    ]
+    if not cfg.tie_word_embeddings:
+        rules.append(WeightRule("lm_head.kernel", "lm_head.weight", "linear"))
+    return rules
+
+
+def is_unused_hf_key(key: str) -> bool:
+    """Torch keys no parameter reads: RoPE buffers of old checkpoints and a tied ``lm_head``.
+
+    (Only consulted for keys no rule reads, so an untied ``lm_head.weight`` is still loaded.)
+    """
+    return key.endswith("rotary_emb.inv_freq") or key == "lm_head.weight"
+
+
+__all__ = [
+    "LlamaConfig",
+    "LlamaForCausalLM",
+    "hf_weight_map",
+    "is_unused_hf_key",
+    "rope_inv_freq",
+]

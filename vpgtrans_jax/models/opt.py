@@ -1,0 +1,501 @@
+"""OPT decoder-only causal LM (Meta's OPT, Hugging Face ``OPTForCausalLM`` semantics).
+
+The frozen LLM of the BLIP-2 / VPGTrans OPT variants. Two block flavours exist:
+
+- pre-LN (125m, 1.3b, 2.7b, 6.7b, ...): LayerNorm before attention and FFN plus a final LayerNorm;
+- post-LN (350m): LayerNorm after each residual add, no final LayerNorm, and token embeddings that
+  live in a smaller space (``word_embed_proj_dim``) mapped in/out by ``project_in``/``project_out``.
+
+Token embeddings and soft prompts live in ``input_embed_dim`` (= ``word_embed_proj_dim``) space.
+Learned positions use the OPT offset of 2 and are derived from the attention mask, so left-padded
+batches get the same positions as unpadded rows. Dropout is not implemented: the LLM is frozen and
+always run deterministically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vpgtrans_jax import attention, sharding, stack, weights
+from vpgtrans_jax.attention import KVCache
+from vpgtrans_jax.layers import Dense, Embed, LayerNorm, activation
+
+# OPT's learned position table has 2 extra leading rows (a fairseq padding_idx artefact).
+POSITION_OFFSET = 2
+
+_HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")
+_HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class OPTConfig:
+    """Architecture of an OPT decoder (field names follow ours; ``from_hf`` maps HF names)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    ffn_dim: int
+    max_position_embeddings: int = 2048
+    word_embed_proj_dim: int | None = None  # None: same as hidden_size
+    do_layer_norm_before: bool = True
+    enable_bias: bool = True
+    layer_norm_elementwise_affine: bool = True
+    activation_function: str = "relu"
+    remove_final_layer_norm: bool = False
+    tie_word_embeddings: bool = True
+    layer_norm_eps: float = 1e-5  # torch nn.LayerNorm default; HF OPT never changes it
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"OPTConfig.{name} must be a positive int, got {value!r}")
+        if self.max_position_embeddings <= 0:
+            raise ValueError(
+                f"OPTConfig.max_position_embeddings must be positive, got "
+                f"{self.max_position_embeddings!r}"
+            )
+        if self.word_embed_proj_dim is not None and self.word_embed_proj_dim <= 0:
+            raise ValueError(
+                f"OPTConfig.word_embed_proj_dim must be positive or None, got "
+                f"{self.word_embed_proj_dim!r}"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"OPTConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"num_heads={self.num_heads}"
+            )
+        activation(self.activation_function)  # raises on an unknown name
+        for name in ("dtype", "param_dtype"):
+            try:
+                jnp.dtype(getattr(self, name))
+            except TypeError as e:
+                raise ValueError(
+                    f"OPTConfig.{name}={getattr(self, name)!r} is not a dtype name"
+                ) from e
+        stack.checkpoint_policy(self.remat_policy)  # raises on an unknown policy
+
+    @property
+    def input_embed_dim(self) -> int:
+        """Width E of token embeddings / soft prompts (``word_embed_proj_dim``)."""
+        return self.hidden_size if self.word_embed_proj_dim is None else self.word_embed_proj_dim
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def has_projection(self) -> bool:
+        """True for OPT-350m style models (``project_in``/``project_out`` exist)."""
+        return self.input_embed_dim != self.hidden_size
+
+    @property
+    def has_final_layer_norm(self) -> bool:
+        return self.do_layer_norm_before and not self.remove_final_layer_norm
+
+    @classmethod
+    def from_hf(cls, hf_config: Any, **overrides: Any) -> OPTConfig:
+        """Builds a config from a ``transformers.OPTConfig`` or its ``config.json`` dict.
+
+        ``overrides`` replace any of our fields (e.g. ``dtype="bfloat16"``, ``scan_layers=True``).
+        Missing optional HF keys take Hugging Face's defaults.
+        """
+        is_dict = isinstance(hf_config, Mapping)
+        missing = object()
+
+        def get(key: str, default: Any = missing) -> Any:
+            value = hf_config.get(key, missing) if is_dict else getattr(hf_config, key, missing)
+            if value is missing:
+                if default is missing:
+                    raise ValueError(f"OPT config is missing required key {key!r}")
+                return default
+            return value
+
+        model_type = get("model_type", "opt")
+        if model_type != "opt":
+            raise ValueError(f"expected an OPT config (model_type 'opt'), got {model_type!r}")
+        fields = dict(
+            vocab_size=get("vocab_size"),
+            hidden_size=get("hidden_size"),
+            num_layers=get("num_hidden_layers"),
+            num_heads=get("num_attention_heads"),
+            ffn_dim=get("ffn_dim"),
+            max_position_embeddings=get("max_position_embeddings", 2048),
+            word_embed_proj_dim=get("word_embed_proj_dim", None),
+            do_layer_norm_before=get("do_layer_norm_before", True),
+            enable_bias=get("enable_bias", True),
+            layer_norm_elementwise_affine=get("layer_norm_elementwise_affine", True),
+            activation_function=get("activation_function", "relu"),
+            remove_final_layer_norm=get("_remove_final_layer_norm", False),
+            tie_word_embeddings=get("tie_word_embeddings", True),
+        )
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown OPTConfig override(s) {unknown}")
+        fields.update(overrides)
+        return cls(**fields)
+
+
+class _AffineFreeLayerNorm(nnx.Module):
+    """LayerNorm without scale/bias (``layer_norm_elementwise_affine=False``), in float32."""
+
+    def __init__(self, *, eps: float, dtype: jnp.dtype):
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+        return (centred * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+
+
+def _layer_norm(cfg: OPTConfig, dim: int, rngs: nnx.Rngs) -> nnx.Module:
+    dtype = jnp.dtype(cfg.dtype)
+    if not cfg.layer_norm_elementwise_affine:
+        return _AffineFreeLayerNorm(eps=cfg.layer_norm_eps, dtype=dtype)
+    return LayerNorm(
+        dim,
+        eps=cfg.layer_norm_eps,
+        dtype=dtype,
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        rngs=rngs,
+    )
+
+
+class OPTAttention(nnx.Module):
+    """Multi-head causal self-attention with biased q/k/v/out projections."""
+
+    def __init__(self, cfg: OPTConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d = cfg.hidden_size
+        kw = dict(
+            use_bias=cfg.enable_bias,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            rngs=rngs,
+        )
+        self.q_proj = Dense(d, d, axes=("embed", "heads"), **kw)
+        self.k_proj = Dense(d, d, axes=("embed", "kv_heads"), **kw)
+        self.v_proj = Dense(d, d, axes=("embed", "kv_heads"), **kw)
+        self.out_proj = Dense(d, d, axes=("heads", "embed"), **kw)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+        index: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Self-attention over the sequence (or over the cache when ``kv`` is given).
+
+        Args:
+          x: float[B, T, D] hidden states.
+          mask: bool[B, 1, T, S]; S == T without a cache, the cache length with one.
+          kv: this layer's (k, v) cache, each float[B, S, H, Dh], or None.
+          index: int32 scalar cache slot of the first query (with ``kv``).
+
+        Returns:
+          (float[B, T, D], updated (k, v) cache or None).
+        """
+        cfg = self.cfg
+        b, t, _ = x.shape
+        shape = (b, t, cfg.num_heads, cfg.head_dim)
+        # HF scales the projected queries (bias included) before the matmul; same rounding order.
+        q = (self.q_proj(x) * cfg.head_dim**-0.5).reshape(shape)
+        k = self.k_proj(x).reshape(shape)
+        v = self.v_proj(x).reshape(shape)
+        q = sharding.constrain(q, _HEAD_AXES)
+        k = sharding.constrain(k, _HEAD_AXES)
+        v = sharding.constrain(v, _HEAD_AXES)
+        new_kv = None
+        if kv is not None:
+            k, v = attention.update_layer_cache(kv[0], kv[1], k, v, index)
+            new_kv = (k, v)
+        out = attention.dot_product_attention(
+            q, k, v, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype)
+        )
+        return self.out_proj(out.reshape(b, t, cfg.hidden_size)), new_kv
+
+
+class OPTDecoderLayer(nnx.Module):
+    """One OPT block: attention + ReLU FFN, pre-LN or post-LN per ``do_layer_norm_before``."""
+
+    def __init__(self, cfg: OPTConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d = cfg.hidden_size
+        kw = dict(
+            use_bias=cfg.enable_bias,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            rngs=rngs,
+        )
+        self.self_attn = OPTAttention(cfg, rngs=rngs)
+        self.self_attn_layer_norm = _layer_norm(cfg, d, rngs)
+        self.fc1 = Dense(d, cfg.ffn_dim, axes=("embed", "mlp"), **kw)
+        self.fc2 = Dense(cfg.ffn_dim, d, axes=("mlp", "embed"), **kw)
+        self.final_layer_norm = _layer_norm(cfg, d, rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+        index: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """float[B, T, D] -> (float[B, T, D], updated layer cache or None)."""
+        pre = self.cfg.do_layer_norm_before
+        h = self.self_attn_layer_norm(x) if pre else x
+        h, new_kv = self.self_attn(h, mask, kv, index)
+        x = x + h
+        if not pre:
+            x = self.self_attn_layer_norm(x)
+        h = self.final_layer_norm(x) if pre else x
+        x = x + self.fc2(activation(self.cfg.activation_function)(self.fc1(h)))
+        if not pre:
+            x = self.final_layer_norm(x)
+        return x, new_kv
+
+
+def _static_int(x: Any) -> int | None:
+    """The Python int behind ``x`` when it is known at trace time, else None."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return int(x)
+
+
+class OPTForCausalLM(nnx.Module):
+    """OPT decoder with its LM head; the interface the VL model drives (shared with LLaMA)."""
+
+    def __init__(self, cfg: OPTConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        e, d = cfg.input_embed_dim, cfg.hidden_size
+        self.embed_tokens = Embed(
+            cfg.vocab_size, e, axes=("vocab", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+        self.embed_positions = Embed(
+            cfg.max_position_embeddings + POSITION_OFFSET,
+            d,
+            axes=(None, "embed"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        kw = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        # The two widths cannot both use the "embed" mesh axis; shard the model-width side.
+        self.project_in = Dense(e, d, axes=(None, "embed"), **kw) if cfg.has_projection else None
+        self.project_out = Dense(d, e, axes=("embed", None), **kw) if cfg.has_projection else None
+        self.final_layer_norm = _layer_norm(cfg, d, rngs) if cfg.has_final_layer_norm else None
+        self.layers = stack.build_layers(
+            lambda r: OPTDecoderLayer(cfg, rngs=r), cfg.num_layers, rngs, scan=cfg.scan_layers
+        )
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else Dense(e, cfg.vocab_size, axes=("embed", "vocab"), **kw)
+        )
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """Word embeddings only: int[B, T] -> float[B, T, E] (E = ``cfg.input_embed_dim``)."""
+        return self.embed_tokens(input_ids)
+
+    def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> KVCache:
+        """An empty cache float[L, batch, max_length, H, Dh] (compute dtype unless ``dtype``)."""
+        cfg = self.cfg
+        if max_length > cfg.max_position_embeddings:
+            raise ValueError(
+                f"cache max_length={max_length} exceeds max_position_embeddings="
+                f"{cfg.max_position_embeddings}"
+            )
+        return KVCache.init(
+            cfg.num_layers,
+            batch,
+            max_length,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            jnp.dtype(cfg.dtype if dtype is None else dtype),
+        )
+
+    def hidden_states(
+        self,
+        inputs_embeds: jax.Array,
+        attention_mask: jax.Array | None,
+        *,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Runs the decoder stack on embeddings.
+
+        Args:
+          inputs_embeds: float[B, T, E] token embeddings and/or soft prompts.
+          attention_mask: int/bool[B, S], 1 for real tokens. Without a cache S == T; with one S is
+            the cache length and the mask covers every slot. None means all ones.
+          positions: int[B, T] HF ``position_ids`` (without the offset 2). By default they are
+            ``cumsum(mask) * mask - 1`` over the whole mask, taken at the query slots.
+          cache: KVCache; the T new keys/values are written at ``cache.index``.
+
+        Returns:
+          (float[B, T, E] final hidden states for ``logits``, the cache advanced by T or None).
+        """
+        cfg = self.cfg
+        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.input_embed_dim:
+            raise ValueError(
+                f"inputs_embeds must be float[B, T, {cfg.input_embed_dim}], got shape "
+                f"{tuple(inputs_embeds.shape)}"
+            )
+        b, t, _ = inputs_embeds.shape
+        s = t if cache is None else cache.max_length
+        if s > cfg.max_position_embeddings:
+            raise ValueError(
+                f"sequence/cache length {s} exceeds max_position_embeddings="
+                f"{cfg.max_position_embeddings}"
+            )
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, s), jnp.int32)
+        if attention_mask.shape != (b, s):
+            what = "the sequence" if cache is None else "every cache slot"
+            raise ValueError(
+                f"attention_mask must have shape (B, S) = {(b, s)} covering {what}, got "
+                f"{tuple(attention_mask.shape)}"
+            )
+        index = jnp.zeros((), jnp.int32) if cache is None else cache.index
+        if cache is not None:
+            if cache.k.shape[:2] != (cfg.num_layers, b):
+                raise ValueError(
+                    f"cache holds {cache.k.shape[0]} layers x batch {cache.k.shape[1]}, "
+                    f"expected {cfg.num_layers} x {b}"
+                )
+            start = _static_int(index)
+            if start is not None and start + t > s:
+                raise ValueError(f"cache overflow: index {start} + {t} tokens > length {s}")
+
+        mask_int = attention_mask.astype(jnp.int32)
+        if positions is None:
+            full = jnp.cumsum(mask_int, axis=1) * mask_int - 1
+            positions = jax.lax.dynamic_slice_in_dim(full, index, t, axis=1)
+        elif positions.shape != (b, t):
+            raise ValueError(
+                f"positions must have shape (B, T) = {(b, t)}, got {tuple(positions.shape)}"
+            )
+
+        h = inputs_embeds.astype(jnp.dtype(cfg.dtype))
+        if self.project_in is not None:
+            h = self.project_in(h)
+        h = h + self.embed_positions(positions + POSITION_OFFSET)
+        h = sharding.constrain(h, _HIDDEN_AXES)
+        mask = attention.causal_padding_mask(attention_mask, index, t)
+
+        def body(block, carry, kv_l):
+            out, new_kv = block(carry, mask, kv_l, index)
+            return sharding.constrain(out, _HIDDEN_AXES), new_kv
+
+        xs = None if cache is None else (cache.k, cache.v)
+        h, ys = stack.apply_layers(
+            self.layers, body, h, xs, scan=cfg.scan_layers, remat_policy=cfg.remat_policy
+        )
+        if self.final_layer_norm is not None:
+            h = self.final_layer_norm(h)
+        if self.project_out is not None:
+            h = self.project_out(h)
+        new_cache = None if cache is None else KVCache(k=ys[0], v=ys[1], index=index + t)
+        return h, new_cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """float[B, T, E] -> float[B, T, V] in the compute dtype (no bias, as in HF)."""
+        if self.lm_head is None:
+            return self.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        *,
+        inputs_embeds: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """int[B, T] ids (or float[B, T, E] embeddings) -> (float[B, T, V] logits, cache)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids)
+        hidden, cache = self.hidden_states(
+            inputs_embeds, attention_mask, positions=positions, cache=cache
+        )
+        return self.logits(hidden), cache
+
+
+def hf_weight_map(cfg: OPTConfig) -> list[weights.WeightRule]:
+    """Rules from ``transformers.OPTForCausalLM`` state-dict keys to our parameters."""
+    W = weights.WeightRule
+    p = "model.decoder."
+    rules = [
+        W("embed_tokens.embedding", p + "embed_tokens.weight", "copy"),
+        W("embed_positions.embedding", p + "embed_positions.weight", "copy"),
+    ]
+    if cfg.has_projection:
+        rules += [
+            W("project_in.kernel", p + "project_in.weight", "linear"),
+            W("project_out.kernel", p + "project_out.weight", "linear"),
+        ]
+    affine = cfg.layer_norm_elementwise_affine
+    if cfg.has_final_layer_norm and affine:
+        rules += [
+            W("final_layer_norm.scale", p + "final_layer_norm.weight", "copy"),
+            W("final_layer_norm.bias", p + "final_layer_norm.bias", "copy"),
+        ]
+    if not cfg.tie_word_embeddings:
+        rules.append(W("lm_head.kernel", "lm_head.weight", "linear"))
+
+    per_layer: list[tuple[str, str, str]] = []
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        per_layer.append((f"self_attn.{name}.kernel", f"self_attn.{name}.weight", "linear"))
+        if cfg.enable_bias:
+            per_layer.append((f"self_attn.{name}.bias", f"self_attn.{name}.bias", "copy"))
+    for name in ("fc1", "fc2"):
+        per_layer.append((f"{name}.kernel", f"{name}.weight", "linear"))
+        if cfg.enable_bias:
+            per_layer.append((f"{name}.bias", f"{name}.bias", "copy"))
+    if affine:
+        for name in ("self_attn_layer_norm", "final_layer_norm"):
+            per_layer.append((f"{name}.scale", f"{name}.weight", "copy"))
+            per_layer.append((f"{name}.bias", f"{name}.bias", "copy"))
+    pairs = [(f"layers.{{i}}.{o}", f"{p}layers.{{i}}.{h}", k) for o, h, k in per_layer]
+    return rules + weights.layer_rules(pairs, cfg.num_layers, cfg.scan_layers)
+
+
+def is_unused_hf_key(key: str) -> bool:
+    """True for ``OPTForCausalLM`` state-dict keys that are legitimately redundant.
+
+    A tied ``lm_head.weight`` duplicates the token embedding. (When the head is untied a rule
+    reads it, so it is never reported as unused either way.)
+    """
+    return key == "lm_head.weight"
+
+
+__all__ = [
+    "OPTConfig",
+    "OPTAttention",
+    "OPTDecoderLayer",
+    "OPTForCausalLM",
+    "POSITION_OFFSET",
+    "hf_weight_map",
+    "is_unused_hf_key",
+]

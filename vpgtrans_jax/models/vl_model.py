@@ -1,0 +1,269 @@
+"""The vision-language LLM: ViT → ln_vision → Q-Former → projector → soft prompt → frozen LLM.
+
+Parameter tree (top level): ``vision`` (frozen EVA ViT), ``ln_vision``, ``query_tokens``,
+``qformer`` (these three plus ``projector`` form the trainable VPG side), ``projector`` and ``llm``
+(frozen decoder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vpgtrans_jax import layers, sharding
+from vpgtrans_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from vpgtrans_jax.models.opt import OPTConfig, OPTForCausalLM
+from vpgtrans_jax.models.qformer import QFormer, QFormerConfig
+from vpgtrans_jax.models.vit import VisionConfig, VisionTransformer
+
+LLMConfig = OPTConfig | LlamaConfig
+
+IGNORE_INDEX = -100
+
+_LLM_TYPES: dict[str, type] = {"opt": OPTConfig, "llama": LlamaConfig}
+
+
+def llm_type_of(cfg: LLMConfig) -> str:
+    return "opt" if isinstance(cfg, OPTConfig) else "llama"
+
+
+@dataclasses.dataclass(frozen=True)
+class VLConfig:
+    """Whole-model configuration.
+
+    Attributes:
+      vision, qformer, llm: tower configs (each carries its own dtype / scan / remat knobs).
+      num_query_tokens: soft-prompt length (32 in BLIP-2).
+      ln_vision_eps: eps of ``ln_vision`` (LAVIS 1e-5; HF's ``post_layernorm`` uses the ViT's 1e-6).
+    ``ln_vision``, ``query_tokens`` and the projector use the Q-Former's dtypes: they are trained with it.
+    """
+
+    vision: VisionConfig
+    qformer: QFormerConfig
+    llm: LLMConfig
+    num_query_tokens: int = 32
+    ln_vision_eps: float = 1e-5
+
+    @property
+    def llm_type(self) -> str:
+        return llm_type_of(self.llm)
+
+    def replace(self, **kw: Any) -> VLConfig:
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (``from_dict`` inverts it)."""
+        return {
+            "vision": dataclasses.asdict(self.vision),
+            "qformer": dataclasses.asdict(self.qformer),
+            "llm": dataclasses.asdict(self.llm),
+            "llm_type": self.llm_type,
+            "num_query_tokens": self.num_query_tokens,
+            "ln_vision_eps": self.ln_vision_eps,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VLConfig:
+        llm_type = d.get("llm_type")
+        if llm_type not in _LLM_TYPES:
+            raise ValueError(f"llm_type must be one of {sorted(_LLM_TYPES)}, got {llm_type!r}")
+        llm_cls = _LLM_TYPES[llm_type]
+        return cls(
+            vision=_dataclass_from_dict(VisionConfig, d["vision"], "vision"),
+            qformer=_dataclass_from_dict(QFormerConfig, d["qformer"], "qformer"),
+            llm=_dataclass_from_dict(llm_cls, d["llm"], "llm"),
+            num_query_tokens=int(d.get("num_query_tokens", 32)),
+            ln_vision_eps=float(d.get("ln_vision_eps", 1e-5)),
+        )
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], **tower_overrides: Any) -> VLConfig:
+        """From a HF ``Blip2Config`` dict (``config.json``) with a decoder-only text model.
+
+        ``tower_overrides`` (e.g. ``dtype="bfloat16"``, ``scan_layers=True``) apply to every tower.
+        """
+        if hf.get("model_type") not in ("blip-2", "blip_2"):
+            raise ValueError(f"expected a BLIP-2 config (model_type 'blip-2'), got {hf.get('model_type')!r}")
+        text = hf.get("text_config") or {}
+        text_type = text.get("model_type", "opt")
+        if text_type == "opt":
+            llm: LLMConfig = OPTConfig.from_hf(text, **tower_overrides)
+        elif text_type in ("llama", "mistral", "qwen2"):
+            llm = LlamaConfig.from_hf(text, **tower_overrides)
+        else:
+            raise ValueError(
+                f"text_config.model_type {text_type!r} is not supported; this project runs decoder-only "
+                "LLMs (opt, llama/vicuna, mistral, qwen2)"
+            )
+        vision = VisionConfig.from_hf(hf.get("vision_config") or {}, **tower_overrides)
+        return cls(
+            vision=vision,
+            qformer=QFormerConfig.from_hf(hf.get("qformer_config") or {}, **tower_overrides),
+            llm=llm,
+            num_query_tokens=int(hf.get("num_query_tokens", 32)),
+            ln_vision_eps=vision.layer_norm_eps,
+        )
+
+
+def _dataclass_from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")
+    kw = {k: (tuple(map(tuple, v)) if isinstance(v, list) and v and isinstance(v[0], list)
+              else tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+    return cls(**kw)
+
+
+class VLModel(nnx.Module):
+    """BLIP-2 style VL-LLM with a decoder-only LLM."""
+
+    def __init__(self, cfg: VLConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        vpg_dtype = jnp.dtype(cfg.qformer.dtype)
+        vpg_param_dtype = jnp.dtype(cfg.qformer.param_dtype)
+        if cfg.qformer.encoder_hidden_size != cfg.vision.hidden_size:
+            raise ValueError(
+                f"qformer.encoder_hidden_size={cfg.qformer.encoder_hidden_size} must equal "
+                f"vision.hidden_size={cfg.vision.hidden_size}"
+            )
+        self.vision = VisionTransformer(cfg.vision, rngs=rngs)
+        self.ln_vision = layers.LayerNorm(
+            cfg.vision.hidden_size,
+            eps=cfg.ln_vision_eps,
+            dtype=vpg_dtype,
+            param_dtype=vpg_param_dtype,
+            rngs=rngs,
+        )
+        self.query_tokens = layers.make_param(
+            rngs,
+            layers.default_kernel_init,
+            (1, cfg.num_query_tokens, cfg.qformer.hidden_size),
+            vpg_param_dtype,
+            (None, None, "embed"),
+        )
+        self.qformer = QFormer(cfg.qformer, rngs=rngs)
+        self.projector = layers.Dense(
+            cfg.qformer.hidden_size,
+            cfg.llm.input_embed_dim,
+            axes=(None, "embed"),
+            dtype=vpg_dtype,
+            param_dtype=vpg_param_dtype,
+            rngs=rngs,
+        )
+        llm_cls = OPTForCausalLM if isinstance(cfg.llm, OPTConfig) else LlamaForCausalLM
+        self.llm = llm_cls(cfg.llm, rngs=rngs)
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def image_features(self, pixel_values: jax.Array) -> jax.Array:
+        """float[B, H, W, 3] → ln_vision(ViT(x)): float[B, 1 + N, Dv]."""
+        feats = self.vision(pixel_values)
+        return self.ln_vision(feats)
+
+    def soft_prompt(self, pixel_values: jax.Array) -> jax.Array:
+        """float[B, H, W, 3] → projected query outputs float[B, Q, E] in the LLM's dtype."""
+        feats = self.image_features(pixel_values)
+        b = feats.shape[0]
+        queries = jnp.broadcast_to(
+            self.query_tokens[...], (b, *self.query_tokens.shape[1:])
+        ).astype(jnp.dtype(self.config.qformer.dtype))
+        q = self.qformer(queries, feats)
+        prompt = self.projector(q)
+        prompt = sharding.constrain(
+            prompt, ("activation_batch", "activation_length", "activation_embed")
+        )
+        return prompt.astype(jnp.dtype(self.config.llm.dtype))
+
+    def prepend_prompt(
+        self, prompt: jax.Array, input_ids: jax.Array, attention_mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """[soft prompt ; token embeddings] and the matching mask: float[B, Q+T, E], int[B, Q+T]."""
+        text = self.llm.embed(input_ids).astype(prompt.dtype)
+        embeds = jnp.concatenate([prompt, text], axis=1)
+        q_mask = jnp.ones(prompt.shape[:2], dtype=attention_mask.dtype)
+        return embeds, jnp.concatenate([q_mask, attention_mask], axis=1)
+
+    def hidden_states(
+        self,
+        pixel_values: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Final LLM hidden states over [soft prompt ; text]: float[B, Q + T, E]."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        prompt = self.soft_prompt(pixel_values)
+        embeds, mask = self.prepend_prompt(prompt, input_ids, attention_mask)
+        hidden, _ = self.llm.hidden_states(embeds, mask)
+        return hidden
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        pixel_values: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Text logits.
+
+        Args:
+          pixel_values: float32[B, H, W, 3], normalised.
+          input_ids: int[B, T] text tokens (no image placeholders).
+          attention_mask: int[B, T] (1 = real token); defaults to all ones.
+
+        Returns:
+          float[B, T, vocab]: the LLM's logits at the text positions.
+        """
+        hidden = self.hidden_states(pixel_values, input_ids, attention_mask)
+        q = self.config.num_query_tokens
+        return self.llm.logits(hidden[:, q:])
+
+    def loss(
+        self,
+        pixel_values: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        labels: jax.Array,
+        prompt_lengths: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mean next-token cross-entropy over the text tokens (LAVIS semantics).
+
+        Text token ``t`` is predicted from position ``Q + t - 1``: the first text token is predicted
+        from the last soft-prompt position, as in LAVIS/VPGTrans where the query targets are -100
+        and the LLM shifts internally.
+
+        Args:
+          labels: int[B, T]; ``-100`` is ignored (padding, and the prompt when masked by the data).
+          prompt_lengths: optional int[B]; the first ``prompt_lengths[b]`` text tokens are also
+            ignored (a text prompt prefix such as "a photo of").
+
+        Returns:
+          (scalar loss, {"num_tokens": int32 scalar, "nll_sum": float32 scalar}).
+        """
+        hidden = self.hidden_states(pixel_values, input_ids, attention_mask)
+        q = self.config.num_query_tokens
+        t = input_ids.shape[1]
+        logits = self.llm.logits(hidden[:, q - 1 : q + t - 1])
+        if prompt_lengths is not None:
+            keep = jnp.arange(t)[None, :] >= prompt_lengths[:, None]
+            labels = jnp.where(keep, labels, IGNORE_INDEX)
+        return cross_entropy(logits, labels)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean cross-entropy of float[B, T, V] logits against int[B, T] labels (-100 ignored), in fp32."""
+    logits = sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    valid = labels != IGNORE_INDEX
+    safe = jnp.where(valid, labels, 0)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    nll = jnp.where(valid, nll, 0.0)
+    n = valid.sum().astype(jnp.int32)
+    total = nll.sum()
+    return total / jnp.maximum(n, 1), {"num_tokens": n, "nll_sum": total}
