@@ -19,14 +19,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hf_dir", help="HF BLIP-2 directory (default: build tiny random ones)")
-    parser.add_argument("--llm", choices=["opt", "llama", "both"], default="both",
-                        help="text model of the tiny random BLIP-2 (ignored with --hf_dir)")
+    parser.add_argument(
+        "--llm",
+        choices=["opt", "llama", "both"],
+        default="both",
+        help="text model of the tiny random BLIP-2 (ignored with --hf_dir)",
+    )
     parser.add_argument("--batch", type=int, default=2, help="batch size of the random inputs")
     parser.add_argument("--text_len", type=int, default=8, help="text length of the random inputs")
     parser.add_argument("--scan_layers", action="store_true", help="load with scanned layers")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference allowed")
+    parser.add_argument(
+        "--tolerance", type=float, default=1e-4, help="max abs logit difference allowed"
+    )
     args = parser.parse_args(argv)
 
     import jax
@@ -40,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")
     cases = []
     if args.hf_dir:
-        pt = transformers.Blip2ForConditionalGeneration.from_pretrained(args.hf_dir, dtype=torch.float32)
+        pt = transformers.Blip2ForConditionalGeneration.from_pretrained(
+            args.hf_dir, dtype=torch.float32
+        )
         cases.append((args.hf_dir, pt.eval(), args.hf_dir))
     else:
         tmp = tempfile.mkdtemp(prefix="vpgtrans_parity_")
-        for llm in (["opt", "llama"] if args.llm == "both" else [args.llm]):
+        for llm in ["opt", "llama"] if args.llm == "both" else [args.llm]:
             pt = ref.tiny_blip2(llm)
             path = os.path.join(tmp, llm)
             pt.save_pretrained(path)
@@ -57,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         t_load = time.perf_counter() - t0
         vcfg = pt.config.vision_config
         pixels, ids, mask = ref.inputs(
-            batch=args.batch, text_len=args.text_len,
-            vocab=pt.config.text_config.vocab_size, image=vcfg.image_size,
+            batch=args.batch,
+            text_len=args.text_len,
+            vocab=pt.config.text_config.vocab_size,
+            image=vcfg.image_size,
             avoid=pt.config.image_token_index,
         )
         ours = np.asarray(model(pixels, ids, mask))
@@ -66,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         diff = float(np.abs(ours - theirs).max())
         passed = diff <= args.tolerance
         ok &= passed
-        print(f"{name}: logits {ours.shape}, max |jax - torch| = {diff:.2e} "
-              f"({'OK' if passed else 'FAIL'}), load {t_load:.1f}s")
+        print(
+            f"{name}: logits {ours.shape}, max |jax - torch| = {diff:.2e} "
+            f"({'OK' if passed else 'FAIL'}), load {t_load:.1f}s"
+        )
     return 0 if ok else 1
 
 

@@ -157,14 +157,20 @@ def object_list(scene: Scene, with_size: bool = True) -> str:
     return _join([_noun_phrase(n, w, s) for n, w, s in _groups(scene, with_size)])
 
 
+def where(obj: SceneObject) -> str:
+    """``in the center`` / ``on the left`` / ``at the top right``."""
+    if obj.position == "center":
+        return "in the center"
+    return (
+        f"on the {obj.position}" if obj.position in ("left", "right") else f"at the {obj.position}"
+    )
+
+
 def captions(scene: Scene) -> list[str]:
     """Five true captions of the scene (like COCO's five references); the first is canonical."""
     n = len(scene.objects)
     things = "shape" if n == 1 else "shapes"
-    located = _join(
-        [f"{_noun_phrase(1, (o.color,), o.shape)} at the {o.position}" for o in scene.objects]
-    )
-    located = located.replace("at the center", "in the center")
+    located = _join([f"{_noun_phrase(1, (o.color,), o.shape)} {where(o)}" for o in scene.objects])
     return [
         f"{object_list(scene)} on a {scene.background} background",
         f"a picture of {object_list(scene, with_size=False)}",
@@ -180,8 +186,8 @@ def description(scene: Scene) -> str:
     noun = "object" if n == 1 else "objects"
     out = [f"The image shows {NUMBER_WORDS[n]} {noun} on a plain {scene.background} background."]
     for obj in scene.objects:
-        where = "In the center" if obj.position == "center" else f"At the {obj.position}"
-        out.append(f"{where} there is {_noun_phrase(1, (obj.size, obj.color), obj.shape)}.")
+        thing = _noun_phrase(1, (obj.size, obj.color), obj.shape)
+        out.append(f"{where(obj).capitalize()} there is {thing}.")
     shapes = sorted({o.shape for o in scene.objects})
     out.append(f"The shapes in the picture are: {', '.join(_plural(s) for s in shapes)}.")
     return " ".join(out)
@@ -245,7 +251,7 @@ def _attribute_qa(scene: Scene, rng: np.random.Generator) -> QA:
         and sum(1 for o in scene.objects if (o.color, o.shape) == (obj.color, obj.shape)) == 1
     ):
         q, a = f"Where is the {obj.color} {obj.shape}?", obj.position
-        return QA(q, a, "other", "where is the", f"The {obj.color} {obj.shape} is at the {a}.")
+        return QA(q, a, "other", "where is the", f"The {obj.color} {obj.shape} is {where(obj)}.")
     q, a = "What color is the background?", scene.background
     return QA(q, a, "other", "what color is the", f"The background is {a}.")
 

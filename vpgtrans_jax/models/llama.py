@@ -228,7 +228,13 @@ class LlamaConfig:
 
 @functools.lru_cache(maxsize=64)
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
-    """float32[head_dim // 2] inverse frequencies, computed in float32 as HF does."""
+    """float32[head_dim // 2] inverse frequencies, computed in float32 as HF does (read-only)."""
+    out = _inv_freq(head_dim, theta, scaling)
+    out.setflags(write=False)  # cached and shared between callers
+    return out
+
+
+def _inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
     exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
     inv_freq = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
     if scaling is None:

@@ -227,9 +227,7 @@ class OPTAttention(nnx.Module):
         if kv is not None:
             k, v = attention.update_layer_cache(kv[0], kv[1], k, v, index)
             new_kv = (k, v)
-        out = attention.dot_product_attention(
-            q, k, v, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype)
-        )
+        out = attention.dot_product_attention(q, k, v, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype))
         return self.out_proj(out.reshape(b, t, cfg.hidden_size)), new_kv
 
 
@@ -287,7 +285,12 @@ class OPTForCausalLM(nnx.Module):
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         e, d = cfg.input_embed_dim, cfg.hidden_size
         self.embed_tokens = Embed(
-            cfg.vocab_size, e, axes=("vocab", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            cfg.vocab_size,
+            e,
+            axes=("vocab", "embed"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
         self.embed_positions = Embed(
             cfg.max_position_embeddings + POSITION_OFFSET,

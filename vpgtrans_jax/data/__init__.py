@@ -1,0 +1,1 @@
+"""Data: sources in the original formats, LAVIS processors, tokenisation, grain pipelines."""

@@ -1,0 +1,92 @@
+"""ArrayRecord shards of (encoded image bytes + text fields), for fast random access on pods.
+
+Record layout (one per sample): ``b"VPG1"``, a little-endian uint32 ``n``, ``n`` bytes of UTF-8
+JSON with every field except the image, then the encoded image bytes (JPEG/PNG as stored on
+disk; no re-encoding). Reading uses grain's ``ArrayRecordDataSource`` and never imports
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+MAGIC = b"VPG1"
+_HEADER = struct.Struct("<I")
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """``{"image": bytes, ...json-serialisable fields}`` -> one ArrayRecord payload."""
+    image = record.get("image")
+    if not isinstance(image, bytes | bytearray):
+        raise ValueError(f"record {record.get('key')!r}: 'image' must be encoded bytes")
+    meta = {k: v for k, v in record.items() if k not in ("image", "image_path")}
+    blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    return MAGIC + _HEADER.pack(len(blob)) + blob + bytes(image)
+
+
+def decode_record(payload: bytes) -> dict[str, Any]:
+    """Inverse of ``encode_record``."""
+    if payload[:4] != MAGIC:
+        raise ValueError(f"not a vpgtrans ArrayRecord payload (starts with {payload[:4]!r})")
+    (n,) = _HEADER.unpack_from(payload, 4)
+    meta = json.loads(payload[8 : 8 + n].decode("utf-8"))
+    meta["image"] = payload[8 + n :]
+    return meta
+
+
+def write_shards(
+    records: Iterable[dict[str, Any]], out_prefix: str, records_per_shard: int = 10_000
+) -> list[str]:
+    """Writes ``{out_prefix}-{k:05d}-of-{n:05d}.array_record`` shards; returns their paths.
+
+    Records are written in order; the shard count is only known at the end, so shards are
+    written under a temporary name and renamed.
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    if records_per_shard < 1:
+        raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
+    tmp_paths: list[str] = []
+    writer = None
+    count = 0
+    for rec in records:
+        if count % records_per_shard == 0:
+            if writer is not None:
+                writer.close()
+            tmp_paths.append(f"{out_prefix}-{len(tmp_paths):05d}.tmp")
+            writer = ArrayRecordWriter(tmp_paths[-1], "group_size:1")
+        writer.write(encode_record(rec))
+        count += 1
+    if writer is not None:
+        writer.close()
+    n = len(tmp_paths)
+    final = [f"{out_prefix}-{k:05d}-of-{n:05d}.array_record" for k in range(n)]
+    for tmp, path in zip(tmp_paths, final):
+        os.replace(tmp, path)
+    return final
+
+
+class ArrayRecordSource:
+    """Random access over shards written by ``write_shards`` (paths or glob patterns)."""
+
+    def __init__(self, paths: str | Sequence[str]):
+        from grain.sources import ArrayRecordDataSource
+
+        from vpgtrans_jax.data.webdataset import expand_shards
+
+        self._paths = expand_shards(paths)
+        self._source = ArrayRecordDataSource(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return decode_record(self._source[index])
+
+    def __repr__(self) -> str:
+        return f"ArrayRecordSource(shards={len(self._paths)}, len={len(self)})"

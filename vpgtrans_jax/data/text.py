@@ -1,0 +1,134 @@
+"""Tokenisation into fixed-shape training and generation arrays.
+
+Training (``encode_train``): ``prompt + text + end`` (end = ``"\\n"``, the VPGTrans target end),
+tokenised with the tokenizer's own special tokens (BOS for OPT/LLaMA), truncated on the right to
+``max_len`` and right-padded to ``max_len``. ``labels`` equal ``input_ids`` except ``-100`` on
+padding and on the prompt's tokens (BOS included, as in LAVIS's ``prompt_length``). Labels are
+*not* shifted: position t's label is token t; the loss shifts. The model prepends the query
+positions itself.
+
+Generation (``encode_generation``): the prompt, right-truncated to ``max_len`` like LAVIS, then
+*left*-padded to ``max_len`` so every row's last position is the last prompt token.
+
+``collate`` stacks per-sample arrays and, when ``buckets`` are given, trims the padding to the
+smallest bucket length that fits the batch, so shapes come from a small fixed set and jitted
+steps compile once per bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+IGNORE_INDEX = -100
+
+
+def load_tokenizer(path: str) -> Any:
+    """Loads a Hugging Face tokenizer directory offline (no hub access)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The pad id, falling back to EOS (LLaMA has no pad token; VPGTrans pads with EOS)."""
+    for v in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if v is not None:
+            return int(v)
+    raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither pad_token nor eos_token")
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def encode_train(
+    tokenizer: Any, text: str, max_len: int, prompt: str = "", end: str = "\n"
+) -> dict[str, np.ndarray]:
+    """One training example -> ``input_ids``, ``attention_mask``, ``labels`` ``int32[max_len]``.
+
+    ``prompt`` tokens (with BOS) get label -100; so does padding. BOS is a target when there is
+    no prompt, as in the original (it is predicted from the last visual query position).
+    """
+    ids = _ids(tokenizer, prompt + text + end)[:max_len]
+    n = len(ids)
+    prompt_len = len(_ids(tokenizer, prompt)) if prompt else 0
+    input_ids = np.full(max_len, pad_id(tokenizer), np.int32)
+    input_ids[:n] = ids
+    mask = np.zeros(max_len, np.int32)
+    mask[:n] = 1
+    labels = np.where(mask == 1, input_ids, IGNORE_INDEX).astype(np.int32)
+    labels[: min(prompt_len, max_len)] = IGNORE_INDEX
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def encode_generation(tokenizer: Any, prompt: str, max_len: int) -> dict[str, np.ndarray]:
+    """One generation prompt -> left-padded ``input_ids``, ``attention_mask`` ``int32[max_len]``."""
+    ids = _ids(tokenizer, prompt)[:max_len]
+    input_ids = np.full(max_len, pad_id(tokenizer), np.int32)
+    mask = np.zeros(max_len, np.int32)
+    if ids:
+        input_ids[max_len - len(ids) :] = ids
+        mask[max_len - len(ids) :] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def bucket_length(needed: int, buckets: Sequence[int]) -> int:
+    """Smallest bucket >= needed (buckets ascending); the largest if none fits."""
+    for b in sorted(buckets):
+        if b >= needed:
+            return b
+    return max(buckets)
+
+
+def collate(
+    examples: Sequence[dict[str, Any]],
+    buckets: Sequence[int] | None = None,
+    left_padded: bool = False,
+) -> dict[str, np.ndarray]:
+    """Stacks per-example arrays into a batch (same keys in every example).
+
+    With ``buckets``, sequence arrays (``input_ids``, ``attention_mask``, ``labels``) are cut to
+    ``bucket_length(longest row)``: trailing columns for right padding, leading columns for left
+    padding (those columns are padding in every row, so nothing is lost).
+    """
+    if not examples:
+        raise ValueError("collate needs at least one example")
+    keys = list(examples[0])
+    for i, ex in enumerate(examples):
+        if list(ex) != keys:
+            raise ValueError(f"example {i} has keys {sorted(ex)}, expected {sorted(keys)}")
+    batch = {k: np.stack([np.asarray(ex[k]) for ex in examples]) for k in keys}
+    if buckets and "attention_mask" in batch:
+        mask = batch["attention_mask"]
+        longest = int(mask.sum(axis=1).max())
+        t = bucket_length(longest, buckets)
+        if t > mask.shape[1]:
+            raise ValueError(f"bucket length {t} exceeds the padded length {mask.shape[1]}")
+        for k in ("input_ids", "attention_mask", "labels"):
+            if k in batch:
+                batch[k] = batch[k][:, -t:] if left_padded else batch[k][:, :t]
+    return batch
+
+
+def train_batch(
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_len: int,
+    prompt: str = "",
+    end: str = "\n",
+    buckets: Sequence[int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Texts -> right-padded ``input_ids``/``attention_mask``/``labels`` ``int32[B, T]``."""
+    rows = [encode_train(tokenizer, t, max_len, prompt, end) for t in texts]
+    return collate(rows, buckets)
+
+
+def generation_batch(
+    tokenizer: Any, prompts: Sequence[str], max_len: int, buckets: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
+    """Prompts -> left-padded ``input_ids``/``attention_mask`` ``int32[B, T]``."""
+    rows = [encode_generation(tokenizer, p, max_len) for p in prompts]
+    return collate(rows, buckets, left_padded=True)
