@@ -198,8 +198,8 @@ def test_bf16_close_to_fp32(hf_model):
     for scan in (False, True):
         out = _load(dataclasses.replace(cfg, dtype="bfloat16", scan_layers=scan), sd)(*args)
         assert out.dtype == jnp.bfloat16
-        # Post-LN outputs are O(1): bf16 keeps them within a few hundredths.
-        assert _max_diff(out, ref) <= 0.1
+        # Post-LN outputs are O(1); bf16 rounding (~0.4% per op) stays within a few hundredths.
+        assert _max_diff(out, ref) <= 0.06
 
 
 def test_sharded_scanned_forward_matches(hf_model):

@@ -52,7 +52,9 @@ def padding_mask(key_valid: jax.Array) -> jax.Array:
     return key_valid.astype(bool)[:, None, None, :]
 
 
-def causal_padding_mask(key_valid: jax.Array, query_offset: jax.Array | int, num_queries: int) -> jax.Array:
+def causal_padding_mask(
+    key_valid: jax.Array, query_offset: jax.Array | int, num_queries: int
+) -> jax.Array:
     """Causal mask combined with key padding.
 
     Query ``t`` sits at absolute slot ``query_offset + t`` and may attend to key slot ``s`` when
@@ -113,7 +115,7 @@ CACHE_AXES = ("layers", "cache_batch", "cache_length", "cache_heads", "head_dim"
 def update_layer_cache(
     k_cache: jax.Array, v_cache: jax.Array, k: jax.Array, v: jax.Array, index: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Writes float[B, T, K, D] keys/values into one layer's float[B, S, K, D] cache at ``index``."""
+    """Writes float[B, T, K, D] keys/values into a layer cache float[B, S, K, D] at ``index``."""
     k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, axis=1)
     v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
     k_cache = sharding.constrain(k_cache, CACHE_AXES[1:])

@@ -62,7 +62,9 @@ class SafetensorsFile(Mapping[str, np.ndarray]):
                     f"{data_len} bytes (truncated file?)"
                 )
             if info["dtype"] not in _ST_DTYPES:
-                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}"
+                )
         self._mmap = np.memmap(path, dtype=np.uint8, mode="r") if header else None
 
     def __getitem__(self, name: str) -> np.ndarray:

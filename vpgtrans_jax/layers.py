@@ -89,7 +89,9 @@ class LayerNorm(nnx.Module):
         self.eps = eps
         self.dtype = dtype
         self.scale = make_param(rngs, ones_init, (dim,), param_dtype, (axis_name,))
-        self.bias = make_param(rngs, zeros_init, (dim,), param_dtype, (axis_name,)) if use_bias else None
+        self.bias = (
+            make_param(rngs, zeros_init, (dim,), param_dtype, (axis_name,)) if use_bias else None
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)

@@ -1,7 +1,9 @@
 """``vpgtrans_jax.load``: build a ready VL model from a checkpoint directory.
 
-Supported today: Hugging Face BLIP-2 directories (``config.json`` + ``model.safetensors`` or
-sharded safetensors with ``model.safetensors.index.json``), as written by
+Supported: this project's model directories (``vpgtrans_model.json`` + Orbax parameters, as
+written by the ``convert/`` tools and ``vpgtrans_jax.convert.save_model_dir``; see
+docs/checkpoints.md), and Hugging Face BLIP-2 directories (``config.json`` + ``model.safetensors``
+or sharded safetensors with ``model.safetensors.index.json``), as written by
 ``transformers.Blip2ForConditionalGeneration.save_pretrained``, with an OPT or LLaMA-family text
 model.
 """
@@ -61,7 +63,7 @@ def load(
     """Loads a VL model from ``path``.
 
     Args:
-      path: a Hugging Face BLIP-2 directory.
+      path: a model directory of this project or a Hugging Face BLIP-2 directory.
       mesh: when given, parameters are placed on it (one tensor at a time) following ``rules``.
       **tower_overrides: config fields applied to every tower, e.g. ``dtype="bfloat16"``,
         ``param_dtype="bfloat16"``, ``scan_layers=True``, ``remat_policy="nothing_saveable"``.
@@ -71,6 +73,10 @@ def load(
     """
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory")
+    from vpgtrans_jax.convert import model_dir  # imports this module: keep the import local
+
+    if model_dir.is_model_dir(path):
+        return model_dir.load_model_dir(path, mesh=mesh, rules=rules, **tower_overrides)
     config_path = os.path.join(path, "config.json")
     hf_config = read_json(config_path)
     model_type = hf_config.get("model_type")
@@ -78,7 +84,8 @@ def load(
         return load_hf_blip2(path, hf_config, mesh=mesh, rules=rules, **tower_overrides)
     raise CheckpointError(
         f"{config_path}: model_type {model_type!r} is not a loadable VL checkpoint; expected a "
-        "Hugging Face BLIP-2 directory (model_type 'blip-2')"
+        f"Hugging Face BLIP-2 directory (model_type 'blip-2') or a directory with "
+        f"{model_dir.MANIFEST} written by convert/hf_to_orbax.py or convert/lavis_to_orbax.py"
     )
 
 

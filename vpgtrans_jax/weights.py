@@ -153,9 +153,7 @@ def fill_abstract(
     missing/unexpected paths or shape mismatches.
     """
     graphdef, state = nnx.split(abstract_model)
-    flat_expected = {
-        ".".join(map(str, path)): var for path, var in nnx.to_flat_state(state)
-    }
+    flat_expected = {".".join(map(str, path)): var for path, var in nnx.to_flat_state(state)}
     flat_given = _flatten(pure)
     missing = sorted(set(flat_expected) - set(flat_given))
     unexpected = sorted(set(flat_given) - set(flat_expected))

@@ -445,9 +445,11 @@ def check_hf_k_bias_zero(state_dict: Mapping[str, Any], prefix: str = "") -> Non
     may still drop it knowingly.)
     """
     suffix = ".self_attn.qkv.bias"
-    for key, value in state_dict.items():
+    # Iterate names first and read only the matching tensors (checkpoints may load lazily).
+    for key in list(state_dict.keys()):
         if not (key.startswith(prefix + "encoder.layers.") and key.endswith(suffix)):
             continue
+        value = state_dict[key]
         t = value.detach().float().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
         if t.ndim != 1 or t.shape[0] % 3:
             raise ValueError(f"{key}: expected a 1-D [3 * hidden] qkv bias, got shape {t.shape}")

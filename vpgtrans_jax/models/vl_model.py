@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vpgtrans_jax import layers, sharding
+from vpgtrans_jax.attention import KVCache
 from vpgtrans_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from vpgtrans_jax.models.opt import OPTConfig, OPTForCausalLM
 from vpgtrans_jax.models.qformer import QFormer, QFormerConfig
@@ -39,7 +40,7 @@ class VLConfig:
       vision, qformer, llm: tower configs (each carries its own dtype / scan / remat knobs).
       num_query_tokens: soft-prompt length (32 in BLIP-2).
       ln_vision_eps: eps of ``ln_vision`` (LAVIS 1e-5; HF's ``post_layernorm`` uses the ViT's 1e-6).
-    ``ln_vision``, ``query_tokens`` and the projector use the Q-Former's dtypes: they are trained with it.
+    ``ln_vision``, ``query_tokens`` and the projector use the Q-Former's dtypes (trained with it).
     """
 
     vision: VisionConfig
@@ -81,31 +82,59 @@ class VLConfig:
         )
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any], **tower_overrides: Any) -> VLConfig:
+    def from_hf(
+        cls,
+        hf: dict[str, Any],
+        *,
+        vision: dict[str, Any] | None = None,
+        qformer: dict[str, Any] | None = None,
+        llm: dict[str, Any] | None = None,
+        **all_towers: Any,
+    ) -> VLConfig:
         """From a HF ``Blip2Config`` dict (``config.json``) with a decoder-only text model.
 
-        ``tower_overrides`` (e.g. ``dtype="bfloat16"``, ``scan_layers=True``) apply to every tower.
+        ``all_towers`` (e.g. ``dtype="bfloat16"``, ``scan_layers=True``) apply to every tower;
+        ``vision`` / ``qformer`` / ``llm`` dicts apply to one tower and win over ``all_towers``.
         """
         if hf.get("model_type") not in ("blip-2", "blip_2"):
-            raise ValueError(f"expected a BLIP-2 config (model_type 'blip-2'), got {hf.get('model_type')!r}")
+            raise ValueError(
+                f"expected a BLIP-2 config (model_type 'blip-2'), got {hf.get('model_type')!r}"
+            )
+        per = {"vision": vision or {}, "qformer": qformer or {}, "llm": llm or {}}
+        kw = {name: {**all_towers, **over} for name, over in per.items()}
         text = hf.get("text_config") or {}
         text_type = text.get("model_type", "opt")
         if text_type == "opt":
-            llm: LLMConfig = OPTConfig.from_hf(text, **tower_overrides)
+            llm_cfg: LLMConfig = OPTConfig.from_hf(text, **kw["llm"])
         elif text_type in ("llama", "mistral", "qwen2"):
-            llm = LlamaConfig.from_hf(text, **tower_overrides)
+            llm_cfg = LlamaConfig.from_hf(text, **kw["llm"])
         else:
             raise ValueError(
-                f"text_config.model_type {text_type!r} is not supported; this project runs decoder-only "
-                "LLMs (opt, llama/vicuna, mistral, qwen2)"
+                f"text_config.model_type {text_type!r} is not supported; this project runs "
+                "decoder-only LLMs (opt, llama/vicuna, mistral, qwen2)"
             )
-        vision = VisionConfig.from_hf(hf.get("vision_config") or {}, **tower_overrides)
+        vision_cfg = VisionConfig.from_hf(hf.get("vision_config") or {}, **kw["vision"])
         return cls(
-            vision=vision,
-            qformer=QFormerConfig.from_hf(hf.get("qformer_config") or {}, **tower_overrides),
-            llm=llm,
+            vision=vision_cfg,
+            qformer=QFormerConfig.from_hf(hf.get("qformer_config") or {}, **kw["qformer"]),
+            llm=llm_cfg,
             num_query_tokens=int(hf.get("num_query_tokens", 32)),
-            ln_vision_eps=vision.layer_norm_eps,
+            ln_vision_eps=vision_cfg.layer_norm_eps,
+        )
+
+    def with_knobs(
+        self,
+        *,
+        vision: dict[str, Any] | None = None,
+        qformer: dict[str, Any] | None = None,
+        llm: dict[str, Any] | None = None,
+    ) -> VLConfig:
+        """Same architecture, other run knobs (dtype, param_dtype, scan_layers, remat_policy)."""
+        return dataclasses.replace(
+            self,
+            vision=dataclasses.replace(self.vision, **(vision or {})),
+            qformer=dataclasses.replace(self.qformer, **(qformer or {})),
+            llm=dataclasses.replace(self.llm, **(llm or {})),
         )
 
 
@@ -114,8 +143,16 @@ def _dataclass_from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")
-    kw = {k: (tuple(map(tuple, v)) if isinstance(v, list) and v and isinstance(v[0], list)
-              else tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+    kw = {
+        k: (
+            tuple(map(tuple, v))
+            if isinstance(v, list) and v and isinstance(v[0], list)
+            else tuple(v)
+            if isinstance(v, list)
+            else v
+        )
+        for k, v in d.items()
+    }
     return cls(**kw)
 
 
@@ -224,6 +261,70 @@ class VLModel(nnx.Module):
         q = self.config.num_query_tokens
         return self.llm.logits(hidden[:, q:])
 
+    # -- incremental decoding (see vpgtrans_jax.generation) -------------------------------------
+
+    def prefill(
+        self,
+        pixel_values: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        max_new_tokens: int,
+    ) -> tuple[jax.Array, KVCache, jax.Array, jax.Array]:
+        """Runs [soft prompt ; left-padded text] into a fresh KV cache with room for new tokens.
+
+        Positions are Hugging Face ``generate``'s for both LLM types: ``cumsum(mask) - 1`` (so
+        padding shifts nothing), the n-th new token of a row with ``P_b`` real prompt slots
+        sits at position ``P_b + n``.
+
+        Args:
+          pixel_values: float[B, H, W, 3]; input_ids, attention_mask: int[B, T], left-padded.
+          max_new_tokens: cache slots reserved after the prompt.
+
+        Returns:
+          (float32[B, V] next-token logits, the cache (index Q + T), int32[B, Q + T + max_new]
+          mask over every cache slot, int32[B] position of the first new token).
+        """
+        prompt = self.soft_prompt(pixel_values)
+        embeds, mask = self.prepend_prompt(prompt, input_ids, attention_mask)
+        b, p = mask.shape
+        # New slots are marked valid up front: causality hides them until they are written.
+        full_mask = jnp.concatenate(
+            [mask.astype(jnp.int32), jnp.ones((b, max_new_tokens), jnp.int32)], axis=1
+        )
+        positions = jnp.maximum(jnp.cumsum(full_mask, axis=1) - 1, 0)
+        cache = self.llm.init_cache(b, p + max_new_tokens)
+        hidden, cache = self.llm.hidden_states(
+            embeds, full_mask, positions=positions[:, :p], cache=cache
+        )
+        logits = self.llm.logits(hidden[:, -1:])[:, 0].astype(jnp.float32)
+        return logits, cache, full_mask, positions[:, p]
+
+    def decode_step(
+        self, tokens: jax.Array, cache: KVCache, full_mask: jax.Array, positions: jax.Array
+    ) -> tuple[jax.Array, KVCache]:
+        """Feeds int[B] tokens at ``cache.index`` with int[B] positions.
+
+        Returns (float32[B, V] next-token logits, the cache advanced by one).
+        """
+        embeds = self.llm.embed(tokens[:, None])
+        hidden, cache = self.llm.hidden_states(
+            embeds, full_mask, positions=positions[:, None], cache=cache
+        )
+        return self.llm.logits(hidden)[:, 0].astype(jnp.float32), cache
+
+    def generate(
+        self,
+        pixel_values: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        **kwargs: Any,
+    ) -> jax.Array:
+        """New token ids int32[B * num_return_sequences, max_new_tokens]; see
+        ``vpgtrans_jax.generation.generate`` for the keyword arguments."""
+        from vpgtrans_jax.generation import generate
+
+        return generate(self, pixel_values, input_ids, attention_mask, **kwargs)
+
     def loss(
         self,
         pixel_values: jax.Array,
@@ -257,8 +358,10 @@ class VLModel(nnx.Module):
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean cross-entropy of float[B, T, V] logits against int[B, T] labels (-100 ignored), in fp32."""
-    logits = sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    """Mean cross-entropy of float[B, T, V] logits vs int[B, T] labels (-100 ignored), in fp32."""
+    logits = sharding.constrain(
+        logits, ("activation_batch", "activation_length", "activation_vocab")
+    )
     valid = labels != IGNORE_INDEX
     safe = jnp.where(valid, labels, 0)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

@@ -18,18 +18,6 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
-def _data_save_args(data_iter: Any):
-    import grain
-
-    return grain.checkpoint.CheckpointSave(data_iter)
-
-
-def _data_restore_args(data_iter: Any):
-    import grain
-
-    return grain.checkpoint.CheckpointRestore(data_iter)
-
-
 class Checkpointer:
     """Thin wrapper over ``ocp.CheckpointManager`` for one workdir.
 
@@ -63,41 +51,52 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return self.every_steps > 0 and step % self.every_steps == 0
 
-    def save(self, step: int, state: Any, data_iter: Any | None, meta: dict, *, force=False) -> bool:
-        """Saves (asynchronously) when ``force`` or on the save interval; returns whether it did."""
+    def save(
+        self, step: int, state: Any, data_state: dict | None, meta: dict, *, force: bool = False
+    ) -> bool:
+        """Saves (asynchronously) when ``force`` or on the save interval; returns whether it did.
+
+        ``data_state`` is the data iterator's JSON-serialisable ``get_state()``.
+        """
         if not force and not self.should_save(step):
             return False
         if step in self.manager.all_steps():
             return False
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
-        if data_iter is not None:
-            items["data"] = _data_save_args(data_iter)
+        if data_state is not None:
+            items["data"] = ocp.args.JsonSave(data_state)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         return True
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
-    def restore(self, abstract_state: Any, data_iter: Any | None) -> tuple[Any, dict, int] | None:
+    def restore(
+        self, abstract_state: Any, with_data: bool = True
+    ) -> tuple[Any, dict | None, dict, int] | None:
         """Restores the newest readable checkpoint into ``abstract_state``'s structure/shardings.
 
-        ``data_iter`` (a grain iterator) is restored in place. Returns ``(state, meta, step)`` or
-        None when the workdir has no checkpoint.
+        Returns ``(state, data_state, meta, step)`` or None when the workdir has no checkpoint.
         """
         for step in reversed(self.all_steps()):
             items = {
                 "state": ocp.args.StandardRestore(abstract_state),
                 "meta": ocp.args.JsonRestore(),
             }
-            if data_iter is not None:
-                items["data"] = _data_restore_args(data_iter)
+            if with_data:
+                items["data"] = ocp.args.JsonRestore()
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back
-                log.warning("checkpoint at step %d in %s is unreadable (%s); trying an older one",
-                            step, self.directory, e)
+                log.warning(
+                    "checkpoint at step %d in %s is unreadable (%s); trying an older one",
+                    step,
+                    self.directory,
+                    e,
+                )
                 continue
-            return restored["state"], dict(restored["meta"]), step
+            data_state = restored["data"] if with_data else None
+            return restored["state"], data_state, dict(restored["meta"]), step
         return None
 
     def close(self) -> None:

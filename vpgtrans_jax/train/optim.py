@@ -62,8 +62,9 @@ def make_schedule(
         main = optax.constant_schedule(init_lr)
     elif kind == "warmup_cosine":
         decay = max(total_steps - warmup_steps, 1)
-        main = lambda step: min_lr + (init_lr - min_lr) * 0.5 * (
-            1.0 + jnp.cos(jnp.pi * jnp.minimum(step, decay) / decay)
+        main = lambda step: (
+            min_lr
+            + (init_lr - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(step, decay) / decay))
         )
     else:
         raise ValueError(f"unknown lr schedule {kind!r}; expected 'constant' or 'warmup_cosine'")
@@ -97,9 +98,7 @@ def scale_by_module(
     params: nnx.State, multipliers: Mapping[str, float]
 ) -> optax.GradientTransformation:
     """Multiplies the updates of each top-level module by its factor (1 when absent)."""
-    factors = _map_paths(
-        lambda p, v: v.replace(float(multipliers.get(str(p[0]), 1.0))), params
-    )
+    factors = _map_paths(lambda p, v: v.replace(float(multipliers.get(str(p[0]), 1.0))), params)
 
     def update(updates, state, params=None):
         del params

@@ -99,9 +99,9 @@ def make_train_step(
 
         def accumulate(carry, micro):
             g_sum, l_sum, n_sum = carry
-            (l, n), g = grad_fn(state.params, frozen, micro)
+            (nll, n), g = grad_fn(state.params, frozen, micro)
             g_sum = jax.tree.map(jnp.add, g_sum, g)
-            return (g_sum, l_sum + l, n_sum + n), None
+            return (g_sum, l_sum + nll, n_sum + n), None
 
         init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
         (g_sum, l_sum, n_sum), _ = jax.lax.scan(accumulate, init, micro_batches)

@@ -1,0 +1,340 @@
+"""Tensor sources read one shard at a time: safetensors and torch ``.bin`` directories, ``.pth`` files.
+
+A source lists its tensors grouped by shard (``shards()``), reads one tensor as a numpy array
+(``read``) and forgets a shard once it is converted (``release``), so a conversion holds at most one
+source shard plus the tensors it is writing. Safetensors are read with plain file reads (never
+memory-mapped), so untouched bytes never count against the process. Pickles are only ever opened
+with ``torch.load(..., weights_only=True)``; torch is imported only for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from vpgtrans_jax.checkpoint_io import CheckpointError
+
+_ST_DTYPES: dict[str, Any] = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}  # fmt: skip
+
+
+class TensorSource:
+    """Base class: ``{key: tensor}`` read shard by shard.
+
+    Attributes:
+      name: what error messages and the conversion summary call this source (a path).
+    """
+
+    name: str = "source"
+
+    def shards(self) -> list[tuple[str, list[str]]]:
+        """``(shard file, keys in it)`` in reading order."""
+        raise NotImplementedError
+
+    def read(self, key: str) -> np.ndarray:
+        """The tensor stored under ``key``, as a numpy array in its stored dtype."""
+        raise NotImplementedError
+
+    def release(self, shard: str) -> None:
+        """Frees whatever holding ``shard`` cost (a no-op for file reads)."""
+
+    def keys(self) -> list[str]:
+        return [k for _, ks in self.shards() for k in ks]
+
+    def shard_of(self) -> dict[str, str]:
+        return {k: s for s, ks in self.shards() for k in ks}
+
+
+class SafetensorsFileReader:
+    """Header of one ``.safetensors`` file; tensors read on demand with ``os.pread``."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                raw = f.read(8)
+                if len(raw) != 8:
+                    raise CheckpointError(f"{path}: file too short to be safetensors (truncated?)")
+                (n,) = struct.unpack("<Q", raw)
+                if n > size - 8:
+                    raise CheckpointError(
+                        f"{path}: header length {n} exceeds the file size {size} (truncated or "
+                        "not a safetensors file)"
+                    )
+                header = json.loads(f.read(n))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+        header.pop("__metadata__", None)
+        self._start = 8 + n
+        data_len = size - self._start
+        self.entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
+        for key, info in header.items():
+            try:
+                begin, end = (int(x) for x in info["data_offsets"])
+                dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+                shape = tuple(int(s) for s in info["shape"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: bad header entry for {key!r} ({e})") from e
+            if end > data_len or end - begin != dtype.itemsize * int(np.prod(shape)):
+                raise CheckpointError(
+                    f"{path}: tensor {key!r} needs bytes {begin}:{end} but the data section has "
+                    f"{data_len} bytes or the size disagrees with its shape (truncated or corrupt)"
+                )
+            self.entries[key] = (dtype, shape, begin, end)
+
+    def read(self, key: str) -> np.ndarray:
+        dtype, shape, begin, end = self.entries[key]
+        out = np.empty(shape, dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self.path, "rb") as f:
+            f.seek(self._start + begin)
+            got = f.readinto(view)
+        if end - begin and got != end - begin:
+            raise CheckpointError(f"{self.path}: short read for {key!r} (truncated file?)")
+        return out
+
+
+class SafetensorsDir(TensorSource):
+    """A HF directory with ``model.safetensors`` or ``model.safetensors.index.json`` + shards."""
+
+    def __init__(self, directory: str):
+        self.name = directory
+        index = os.path.join(directory, "model.safetensors.index.json")
+        if os.path.exists(index):
+            where = _read_index(index)
+            self._order = sorted(set(where.values()))
+            self._keys = {s: [k for k, v in where.items() if v == s] for s in self._order}
+        else:
+            self._order = ["model.safetensors"]
+            self._keys = {"model.safetensors": list(self._open("model.safetensors").entries)}
+        self._where = {k: s for s, ks in self._keys.items() for k in ks}
+        self._files: dict[str, SafetensorsFileReader] = {}
+
+    def _open(self, shard: str) -> SafetensorsFileReader:
+        path = os.path.join(self.name, shard)
+        if not os.path.exists(path):
+            raise CheckpointError(f"{path}: shard named in the index is missing")
+        return SafetensorsFileReader(path)
+
+    def shards(self) -> list[tuple[str, list[str]]]:
+        return [(s, self._keys[s]) for s in self._order]
+
+    def read(self, key: str) -> np.ndarray:
+        shard = self.shard_of_key(key)
+        if shard not in self._files:
+            self._files[shard] = self._open(shard)
+        f = self._files[shard]
+        if key not in f.entries:
+            raise CheckpointError(f"{f.path}: the index says it holds {key!r} but it does not")
+        return f.read(key)
+
+    def shard_of_key(self, key: str) -> str:
+        return self._where[key]
+
+    def release(self, shard: str) -> None:
+        self._files.pop(shard, None)
+
+
+class TorchBinDir(TensorSource):
+    """A HF directory with ``pytorch_model.bin`` or ``pytorch_model.bin.index.json`` + shards."""
+
+    def __init__(self, directory: str):
+        self.name = directory
+        index = os.path.join(directory, "pytorch_model.bin.index.json")
+        if os.path.exists(index):
+            where = _read_index(index)
+            self._order = sorted(set(where.values()))
+            self._declared = {s: [k for k, v in where.items() if v == s] for s in self._order}
+        else:
+            self._order = ["pytorch_model.bin"]
+            self._declared = None
+        self._loaded: dict[str, Mapping[str, Any]] = {}
+
+    def _load(self, shard: str) -> Mapping[str, Any]:
+        if shard not in self._loaded:
+            self._loaded = {shard: load_torch_pickle(os.path.join(self.name, shard))}
+        return self._loaded[shard]
+
+    def shards(self) -> list[tuple[str, list[str]]]:
+        if self._declared is None:
+            return [(s, list(self._load(s))) for s in self._order]
+        return [(s, self._declared[s]) for s in self._order]
+
+    def read(self, key: str) -> np.ndarray:
+        for shard, keys in self.shards():
+            if key in keys:
+                sd = self._load(shard)
+                if key not in sd:
+                    raise CheckpointError(
+                        f"{self.name}/{shard}: the index says it holds {key!r} but it does not"
+                    )
+                return torch_to_numpy(sd[key], f"{self.name}/{shard}:{key}")
+        raise KeyError(key)
+
+    def release(self, shard: str) -> None:
+        self._loaded.pop(shard, None)
+
+
+class MappingSource(TensorSource):
+    """An in-memory ``{key: tensor}`` (torch or numpy) as one shard, e.g. a loaded ``.pth``."""
+
+    def __init__(self, mapping: Mapping[str, Any], name: str):
+        self._m, self.name = mapping, name
+
+    def shards(self) -> list[tuple[str, list[str]]]:
+        return [(self.name, list(self._m))]
+
+    def read(self, key: str) -> np.ndarray:
+        return torch_to_numpy(self._m[key], f"{self.name}:{key}")
+
+
+class RenamedSource(TensorSource):
+    """``base`` seen through ``rename(key) -> new key or None`` (None hides the key)."""
+
+    def __init__(self, base: TensorSource, rename: Callable[[str], str | None]):
+        self.base, self.name = base, base.name
+        self._to_base: dict[str, str] = {}
+        self._shards = []
+        for shard, keys in base.shards():
+            new = []
+            for k in keys:
+                r = rename(k)
+                if r is not None:
+                    self._to_base[r] = k
+                    new.append(r)
+            self._shards.append((shard, new))
+
+    def shards(self) -> list[tuple[str, list[str]]]:
+        return self._shards
+
+    def read(self, key: str) -> np.ndarray:
+        return self.base.read(self._to_base[key])
+
+    def release(self, shard: str) -> None:
+        self.base.release(shard)
+
+
+class ChainSource(TensorSource):
+    """Several sources one after another (keys must not repeat)."""
+
+    def __init__(self, sources: Iterable[TensorSource]):
+        self.sources = list(sources)
+        self.name = " + ".join(s.name for s in self.sources)
+        self._owner: dict[str, TensorSource] = {}
+        for s in self.sources:
+            for k in s.keys():
+                if k in self._owner:
+                    raise CheckpointError(
+                        f"tensor {k!r} is in both {self._owner[k].name} and {s.name}"
+                    )
+                self._owner[k] = s
+
+    def shards(self) -> list[tuple[str, list[str]]]:
+        return [(f"{i}:{sh}", ks) for i, s in enumerate(self.sources) for sh, ks in s.shards()]
+
+    def read(self, key: str) -> np.ndarray:
+        return self._owner[key].read(key)
+
+    def release(self, shard: str) -> None:
+        i, sh = shard.split(":", 1)
+        self.sources[int(i)].release(sh)
+
+
+def open_hf_weights(directory: str) -> TensorSource:
+    """The weights of a HF model directory (safetensors preferred over ``.bin``)."""
+    for name, cls in (
+        ("model.safetensors.index.json", SafetensorsDir),
+        ("model.safetensors", SafetensorsDir),
+        ("pytorch_model.bin.index.json", TorchBinDir),
+        ("pytorch_model.bin", TorchBinDir),
+    ):
+        if os.path.exists(os.path.join(directory, name)):
+            return cls(directory)
+    found = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    raise CheckpointError(
+        f"{directory}: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+        f"pytorch_model.bin.index.json (found {found[:12]})"
+    )
+
+
+def _read_index(path: str) -> dict[str, str]:
+    try:
+        with open(path) as f:
+            where = json.load(f)["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a valid shard index ({e})") from e
+    if not isinstance(where, dict) or not all(isinstance(v, str) for v in where.values()):
+        raise CheckpointError(f"{path}: weight_map must map tensor names to shard file names")
+    return where
+
+
+def load_torch_pickle(path: str) -> Mapping[str, Any]:
+    """``torch.load(path, weights_only=True)`` (memory-mapped when possible), with clear errors.
+
+    A pickle that needs code execution (classes, functions) is refused, never executed.
+    """
+    try:
+        import torch
+    except ImportError as e:
+        raise CheckpointError(f"{path}: reading a torch pickle needs torch installed") from e
+    import pickle
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to unpickle: the file needs code execution beyond plain tensors and "
+            f"containers, and pickles are only loaded with torch.load(weights_only=True) ({first})"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(
+            f"{path}: cannot read the torch checkpoint: truncated or corrupt ({e})"
+        ) from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def torch_to_numpy(t: Any, where: str) -> np.ndarray:
+    """A torch tensor (any float dtype incl. bfloat16) or array-like → numpy, dtype preserved."""
+    if hasattr(t, "detach"):
+        import torch
+
+        t = t.detach().cpu()
+        # Copies, so no array outlives the (possibly memory-mapped) shard it came from.
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+        return t.numpy().copy()
+    if isinstance(t, np.ndarray):
+        return t
+    raise CheckpointError(f"{where}: expected a tensor, got {type(t).__name__}")
+
+
+__all__ = [
+    "TensorSource",
+    "SafetensorsDir",
+    "TorchBinDir",
+    "MappingSource",
+    "RenamedSource",
+    "ChainSource",
+    "open_hf_weights",
+    "load_torch_pickle",
+    "torch_to_numpy",
+]

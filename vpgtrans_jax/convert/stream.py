@@ -1,0 +1,206 @@
+"""Streaming tensor conversion between a torch-named source and our parameter paths.
+
+``import_tensors`` reads a ``TensorSource`` shard by shard and emits our arrays one at a time
+(stacking per-layer tensors for scanned towers); ``export_tensors`` turns our arrays back into
+torch-named tensors (unstacking, transposing and re-fusing chunked tensors such as the ViT's qkv
+bias). Both are driven by the same ``WeightRule`` tables as ``vpgtrans_jax.weights``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+import ml_dtypes
+import numpy as np
+
+from vpgtrans_jax.checkpoint_io import CheckpointError
+from vpgtrans_jax.convert.sources import TensorSource
+from vpgtrans_jax.weights import WeightRule, expand, from_ours, stacked_path, to_ours
+
+Emit = Callable[[str, np.ndarray], None]
+Expected = Mapping[str, tuple[tuple[int, ...], np.dtype]]
+
+
+def is_float(dtype: np.dtype) -> bool:
+    return np.dtype(dtype).kind == "f" or np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16)
+
+
+@dataclasses.dataclass
+class ImportReport:
+    """What an import read: the torch keys used and the known-optional ones it skipped."""
+
+    used: set[str] = dataclasses.field(default_factory=set)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+
+def _short(keys: list[str], n: int = 25) -> str:
+    return ", ".join(keys[:n]) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def check_keys(
+    source: TensorSource,
+    rules: Iterable[WeightRule],
+    *,
+    optional: Callable[[str], bool] = lambda k: False,
+    what: str = "",
+) -> tuple[list[str], list[str]]:
+    """Raises CheckpointError listing missing and unexpected tensors; returns (needed, skipped)."""
+    needed = list(dict.fromkeys(hf for r in rules for _, hf, _ in expand(r)))
+    have = source.keys()
+    have_set = set(have)
+    missing = [k for k in needed if k not in have_set]
+    need_set = set(needed)
+    extra = [k for k in have if k not in need_set]
+    unexpected = [k for k in extra if not optional(k)]
+    if missing or unexpected:
+        msg = [f"{source.name}: tensors do not match {what or 'the model'}"]
+        if missing:
+            msg.append(f"missing {len(missing)}: {_short(missing)}")
+        if unexpected:
+            msg.append(f"unexpected {len(unexpected)}: {_short(unexpected)}")
+        raise CheckpointError("; ".join(msg))
+    return needed, [k for k in extra if optional(k)]
+
+
+def import_tensors(
+    source: TensorSource,
+    rules: list[WeightRule],
+    expected: Expected,
+    emit: Emit,
+    *,
+    optional: Callable[[str], bool] = lambda k: False,
+    what: str = "",
+) -> ImportReport:
+    """Reads every tensor ``rules`` need from ``source`` and emits our arrays.
+
+    Args:
+      expected: our path → (shape, dtype) for every parameter the rules fill; arrays are checked
+        against the shape and cast to the dtype (per-layer tensors of stacked rules are stacked
+        into a ``[num_layers, ...]`` buffer first).
+      emit: called once per parameter with (our path, array); the array is not referenced after.
+      optional: keys the source may hold that no rule reads (skipped, reported); any other
+        unread key, and any missing key, is an error listing them.
+    """
+    needed, skipped = check_keys(source, rules, optional=optional, what=what)
+    uses: dict[str, list[tuple[WeightRule, str, int | None]]] = {}
+    covered: dict[str, set[int]] = {}
+    for r in rules:
+        for ours, hf, layer in expand(r):
+            uses.setdefault(hf, []).append((r, ours, layer))
+            if r.kind == "chunk":
+                covered.setdefault(hf, set()).add(r.chunk)
+    stacks: dict[str, tuple[np.ndarray, set[int]]] = {}
+    report = ImportReport(used=set(needed), skipped=skipped)
+    for shard, keys in source.shards():
+        for key in keys:
+            if key not in uses:
+                continue
+            t = source.read(key)
+            if not is_float(t.dtype):
+                raise CheckpointError(
+                    f"{source.name}: tensor {key!r} has dtype {t.dtype}, expected a floating "
+                    "point tensor"
+                )
+            if key in covered:
+                _check_uncovered_chunks_zero(source.name, key, t, uses[key][0][0], covered[key])
+            for rule, ours, layer in uses[key]:
+                _convert_one(source.name, key, t, rule, ours, layer, expected, stacks, emit)
+            del t
+        source.release(shard)
+    if stacks:
+        raise CheckpointError(f"{source.name}: incomplete layer stacks for {sorted(stacks)[:5]}")
+    return report
+
+
+def _convert_one(name, key, t, rule, ours, layer, expected, stacks, emit) -> None:
+    try:
+        arr = to_ours(rule.kind, t, rule)
+    except ValueError as e:
+        raise CheckpointError(f"{name}: tensor {key!r}: {e}") from e
+    path = stacked_path(rule) if rule.stacked else ours
+    if path not in expected:
+        raise CheckpointError(f"{name}: tensor {key!r} maps to {path!r}, which the model lacks")
+    shape, dtype = expected[path]
+    want = tuple(shape[1:]) if rule.stacked else tuple(shape)
+    if tuple(arr.shape) != want:
+        raise CheckpointError(
+            f"{name}: tensor {key!r} has shape {tuple(t.shape)}; parameter {path!r} needs "
+            f"{want} in our layout (does the config describe this checkpoint?)"
+        )
+    if not rule.stacked:
+        emit(path, np.ascontiguousarray(arr, dtype=dtype))
+        return
+    buf, seen = stacks.get(path) or (np.empty(shape, dtype), set())
+    buf[layer] = arr
+    seen.add(layer)
+    if len(seen) == shape[0]:
+        stacks.pop(path, None)
+        emit(path, buf)
+    else:
+        stacks[path] = (buf, seen)
+
+
+def _check_uncovered_chunks_zero(name, key, t, rule, covered) -> None:
+    """A fused tensor's pieces that no parameter holds (the ViT's k bias) must be zero."""
+    n = t.shape[0] // rule.num_chunks if t.ndim and t.shape[0] % rule.num_chunks == 0 else None
+    if n is None:
+        return  # to_ours reports the bad shape
+    for c in range(rule.num_chunks):
+        if c not in covered and np.any(np.asarray(t[c * n : (c + 1) * n], np.float32) != 0):
+            raise CheckpointError(
+                f"{name}: tensor {key!r}: elements {c * n}:{(c + 1) * n} (the k bias) must be "
+                "all zeros; the model has no k bias"
+            )
+
+
+def export_tensors(
+    arrays: Iterable[tuple[str, np.ndarray]], rules: Iterable[WeightRule]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Our (path, array) pairs → (torch key, torch-layout array), one tensor at a time.
+
+    Stacked parameters are split per layer; chunk rules are re-fused once every defined chunk of
+    a key has arrived (undefined chunks, such as the ViT's k bias, are zeros).
+    """
+    by_path: dict[str, tuple[WeightRule, int | None]] = {}
+    chunks_of: dict[str, set[int]] = {}
+    for r in rules:
+        if r.stacked:
+            by_path[stacked_path(r)] = (r, None)
+        else:
+            for ours, _, layer in expand(r):
+                by_path[ours] = (r, layer)
+        if r.kind == "chunk":
+            for _, hf, _ in expand(r):
+                chunks_of.setdefault(hf, set()).add(r.chunk)
+    pieces: dict[str, dict[int, np.ndarray]] = {}
+
+    def one(rule: WeightRule, layer: int | None, a: np.ndarray):
+        hf = rule.hf if layer is None else rule.hf.format(i=layer)
+        if rule.kind != "chunk":
+            return hf, np.ascontiguousarray(from_ours(rule.kind, a))
+        got = pieces.setdefault(hf, {})
+        got[rule.chunk] = a
+        if set(got) != chunks_of[hf]:
+            return None
+        del pieces[hf]
+        ref = next(iter(got.values()))
+        parts = [got.get(c, np.zeros_like(ref)) for c in range(rule.num_chunks)]
+        return hf, np.concatenate(parts, axis=0)
+
+    for path, arr in arrays:
+        if path not in by_path:
+            raise CheckpointError(f"parameter {path!r} has no torch counterpart")
+        rule, layer = by_path[path]
+        if rule.stacked:
+            outs = [one(rule, i, arr[i]) for i in range(arr.shape[0])]
+        else:
+            outs = [one(rule, layer, arr)]
+        for o in outs:
+            if o is not None:
+                yield o
+    if pieces:
+        raise CheckpointError(f"incomplete fused tensors {sorted(pieces)[:5]}")
+
+
+__all__ = ["import_tensors", "export_tensors", "check_keys", "ImportReport", "is_float"]

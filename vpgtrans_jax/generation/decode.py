@@ -1,0 +1,179 @@
+"""``generate``: jitted KV-cache decoding for a ``VLModel`` (greedy, sampling, beam search).
+
+One compiled program per (model structure, ``GenerationConfig``, input shapes): the prompt is
+prefilled once per prompt, its cache rows are repeated for beams / samples, and decoding runs
+in a ``lax.while_loop`` that exits as soon as Hugging Face's ``generate`` would.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vpgtrans_jax.attention import KVCache
+from vpgtrans_jax.generation import processors
+from vpgtrans_jax.generation.beam import beam_search
+from vpgtrans_jax.generation.config import EarlyStopping, GenerationConfig
+from vpgtrans_jax.generation.greedy import greedy_or_sample
+
+if TYPE_CHECKING:
+    from vpgtrans_jax.models.vl_model import VLModel
+
+
+def _repeat_cache(cache: KVCache, times: int) -> KVCache:
+    return cache.replace(
+        k=jnp.repeat(cache.k, times, axis=1), v=jnp.repeat(cache.v, times, axis=1)
+    )
+
+
+def decode(
+    model: VLModel,
+    pixel_values: jax.Array,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    key: jax.Array,
+    cfg: GenerationConfig,
+) -> jax.Array:
+    """The traced body of ``generate`` (call it inside ``jit``); see ``generate`` for shapes."""
+    logits, cache, full_mask, positions = model.prefill(
+        pixel_values, input_ids, attention_mask, cfg.max_new_tokens
+    )
+    r = cfg.expand
+    if r > 1:
+        logits = jnp.repeat(logits, r, axis=0)
+        cache = _repeat_cache(cache, r)
+        full_mask = jnp.repeat(full_mask, r, axis=0)
+        positions = jnp.repeat(positions, r, axis=0)
+    prompt_seen = None
+    if cfg.repetition_penalty != 1.0:
+        ids = jnp.repeat(input_ids, r, axis=0)
+        valid = jnp.repeat(attention_mask, r, axis=0)
+        prompt_seen = processors.token_presence(ids, valid, logits.shape[-1])
+
+    def step_fn(tokens: jax.Array, cache: KVCache, i: jax.Array):
+        return model.decode_step(tokens, cache, full_mask, positions + i)
+
+    if cfg.is_beam:
+        return beam_search(logits, cache, step_fn, cfg, key, prompt_seen)
+    return greedy_or_sample(logits, cache, step_fn, cfg, key, prompt_seen)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
+def _decode_jit(graphdef, state, pixel_values, input_ids, attention_mask, key, cfg):
+    model = nnx.merge(graphdef, state)
+    return decode(model, pixel_values, input_ids, attention_mask, key, cfg)
+
+
+def _check_inputs(pixel_values: Any, input_ids: Any, attention_mask: Any) -> None:
+    if np.ndim(input_ids) != 2:
+        raise ValueError(f"input_ids must be int[B, T], got shape {np.shape(input_ids)}")
+    if np.shape(attention_mask) != np.shape(input_ids):
+        raise ValueError(
+            f"attention_mask shape {np.shape(attention_mask)} must equal input_ids shape "
+            f"{np.shape(input_ids)}"
+        )
+    if np.ndim(pixel_values) != 4 or np.shape(pixel_values)[0] != np.shape(input_ids)[0]:
+        raise ValueError(
+            f"pixel_values must be float[B, H, W, 3] with B = {np.shape(input_ids)[0]} "
+            f"(the batch of input_ids), got shape {np.shape(pixel_values)}"
+        )
+    if isinstance(attention_mask, jax.core.Tracer) or np.shape(input_ids)[1] == 0:
+        return
+    mask = np.asarray(attention_mask).astype(bool)
+    # Left padding: once a row's mask turns on it stays on, and the last slot is a real token.
+    if np.any(mask[:, :-1] & ~mask[:, 1:]) or not mask[:, -1].all():
+        bad = int(np.flatnonzero(np.any(mask[:, :-1] & ~mask[:, 1:], axis=1) | ~mask[:, -1])[0])
+        raise ValueError(
+            f"attention_mask row {bad} = {mask[bad].astype(int).tolist()} is not left-padded "
+            "with at least one real token: generation needs prompts padded on the LEFT"
+        )
+
+
+def generate(
+    model: VLModel,
+    pixel_values: Any,
+    input_ids: Any,
+    attention_mask: Any = None,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int | Sequence[int],
+    pad_token_id: int,
+    min_new_tokens: int = 0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: EarlyStopping = False,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    num_return_sequences: int = 1,
+    seed: int = 0,
+) -> jax.Array:
+    """Generates continuations of image-conditioned prompts (Hugging Face ``generate`` semantics).
+
+    Args:
+      model: the VL model.
+      pixel_values: float[B, H, W, 3] normalised images.
+      input_ids: int[B, T] text prompts, LEFT-padded (``T`` may be 0: image-only prompt).
+      attention_mask: int[B, T], 1 on real tokens; default all ones.
+      max_new_tokens, min_new_tokens, num_beams, length_penalty, early_stopping, do_sample,
+        temperature, top_p, top_k, repetition_penalty, num_return_sequences: as in HF.
+      eos_token_id: one id or a list; ``pad_token_id`` fills each row after its EOS.
+      seed: sampling seed (same seed, same samples).
+
+    Returns:
+      int32[B * num_return_sequences, max_new_tokens]: the new tokens only (prompt excluded);
+      sequences of one prompt are adjacent (best first for beam search).
+    """
+    cfg = GenerationConfig.make(
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        num_beams=num_beams,
+        length_penalty=float(length_penalty),
+        early_stopping=early_stopping,
+        do_sample=bool(do_sample),
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=top_k,
+        repetition_penalty=float(repetition_penalty),
+        num_return_sequences=num_return_sequences,
+    )
+    return generate_with_config(model, pixel_values, input_ids, attention_mask, cfg, seed=seed)
+
+
+def generate_with_config(
+    model: VLModel,
+    pixel_values: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    cfg: GenerationConfig,
+    *,
+    seed: int = 0,
+) -> jax.Array:
+    """``generate`` with a ready ``GenerationConfig``."""
+    if attention_mask is None:
+        attention_mask = jnp.ones(np.shape(input_ids), jnp.int32)
+    _check_inputs(pixel_values, input_ids, attention_mask)
+    vocab = model.config.llm.vocab_size
+    for name, value in (("eos_token_id", cfg.eos_token_ids), ("pad_token_id", (cfg.pad_token_id,))):
+        if max(value) >= vocab:
+            raise ValueError(f"{name}={list(value)} is outside the vocabulary (size {vocab})")
+    graphdef, state = nnx.split(model)
+    return _decode_jit(
+        graphdef,
+        state,
+        jnp.asarray(pixel_values),
+        jnp.asarray(input_ids, jnp.int32),
+        jnp.asarray(attention_mask, jnp.int32),
+        jax.random.key(seed),
+        cfg=cfg,
+    )

@@ -1,0 +1,189 @@
+"""The training config schema: every field with its default, shared by all ``configs/*.py``.
+
+Stage configs call ``base_config()`` and override; ``config_flags`` locks the result, so an
+unknown ``--config.x.y=...`` override is an error. ``validate`` checks required fields and values
+and names the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from vpgtrans_jax.models.opt import OPTConfig
+from vpgtrans_jax.models.qformer import QFormerConfig
+from vpgtrans_jax.models.vit import VisionConfig
+from vpgtrans_jax.train.optim import TRAINABLE_CHOICES
+
+KNOBS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+STAGES = ("warmup", "finetune", "instruct")
+REQUIRED = "<required>"  # placeholder for paths a real-size config must be given
+
+
+def arch_dict(cls: type, **overrides) -> ml_collections.ConfigDict:
+    """A tower's architecture fields (no run knobs) as a ConfigDict, defaults from the dataclass."""
+    fields = {
+        f.name: f.default
+        for f in dataclasses.fields(cls)
+        if f.name not in KNOBS and f.default is not dataclasses.MISSING
+    }
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+    fields.update(overrides)
+    return ml_collections.ConfigDict(fields, type_safe=False)
+
+
+def tower_knobs(
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+    scan_layers: bool = False,
+    remat_policy: str = "none",
+) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat_policy=remat_policy
+        )
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.stage = "warmup"
+    c.seed = 0
+
+    # ---- model ------------------------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    # "pretrained": every tower from `path` (anything vpgtrans_jax.load accepts: a HF BLIP-2
+    # directory or a vpgtrans-jax model directory). "random": towers built from `arch` (tiny runs).
+    c.model.init = "pretrained"
+    c.model.path = REQUIRED
+    # Optional: the trainable VPG side (ln_vision / query_tokens / qformer / projector) from a
+    # previous stage's export or scripts/merge_projector.py output; overrides what `path` gave.
+    c.model.vpg_init = ""
+    c.model.llm_type = "opt"  # for init="random"
+    # init="random" only: pretrain the tiny LLM as a causal LM on the synthetic captions for this
+    # many steps (cached) so that the frozen LLM is a language model, as in real runs.
+    c.model.tiny_llm_steps = 0
+    c.model.arch = ml_collections.ConfigDict(
+        dict(
+            vision=arch_dict(VisionConfig),
+            qformer=arch_dict(QFormerConfig),
+            llm=arch_dict(
+                OPTConfig,
+                vocab_size=50272,
+                hidden_size=2560,
+                num_layers=32,
+                num_heads=32,
+                ffn_dim=10240,
+            ),
+            num_query_tokens=32,
+            ln_vision_eps=1e-5,
+        )
+    )
+    # Frozen towers in bf16; the trained VPG side (Q-Former dtypes also apply to ln_vision,
+    # query tokens and projector) and the optimiser in fp32.
+    c.model.vision = tower_knobs("bfloat16", "bfloat16")
+    c.model.qformer = tower_knobs("float32", "float32")
+    c.model.llm = tower_knobs("bfloat16", "bfloat16")
+    c.trainable = ("projector",)
+
+    # ---- data -------------------------------------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.tokenizer = REQUIRED  # local HF tokenizer directory of the LLM
+    # name -> {kind, weight, args}; kinds of vpgtrans_jax.data.registry.make_source.
+    c.data.sources = ml_collections.ConfigDict(type_safe=False)
+    c.data.synthetic_dir = ""  # tiny configs: generated here on first use when absent
+    c.data.synthetic_images = 0
+    c.data.image_size = 224
+    c.data.max_len = 32
+    c.data.prompt = ""
+    c.data.text_field = "text"
+    c.data.text_processor = "caption"
+    c.data.end = "\n"
+    c.data.flip_prob = 0.5
+    c.data.min_scale = 0.5
+    c.data.num_workers = 0
+    c.data.max_bad_fraction = 0.05
+
+    # ---- optimisation -----------------------------------------------------------------------
+    c.batch_size = 1728  # global (all hosts, all micro-batches)
+    c.accum_steps = 1
+    c.num_steps = 0  # > 0 wins over num_epochs
+    c.num_epochs = 1.0
+    c.optim = ml_collections.ConfigDict()
+    c.optim.schedule = "warmup_cosine"
+    c.optim.init_lr = 1e-4
+    c.optim.min_lr = 5e-5
+    c.optim.warmup_lr = 1e-6
+    c.optim.warmup_steps = 1000
+    c.optim.weight_decay = 0.05
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.grad_clip_norm = 0.0  # 0 = off
+    c.optim.lr_multipliers = ml_collections.ConfigDict(type_safe=False)  # module -> factor
+    c.max_bad_steps = 20  # consecutive non-finite steps before stopping
+
+    # ---- parallelism ------------------------------------------------------------------------
+    c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
+    c.sharding_rules = ()  # () = vpgtrans_jax.sharding.DEFAULT_RULES
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+    c.log_every = 10
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    c.async_checkpoint = True
+    c.export_final = True  # write <workdir>/export: the trained parts, loadable as vpg_init
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad field."""
+
+    def bad(key: str, msg: str):
+        raise ValueError(f"config.{key}: {msg}")
+
+    if c.stage not in STAGES:
+        bad("stage", f"must be one of {STAGES}, got {c.stage!r}")
+    if c.model.init not in ("pretrained", "random"):
+        bad("model.init", f"must be 'pretrained' or 'random', got {c.model.init!r}")
+    if c.model.init == "pretrained" and c.model.path in ("", REQUIRED):
+        bad(
+            "model.path",
+            "is required with model.init='pretrained' (a HF BLIP-2 or vpgtrans-jax "
+            "model directory); pass --config.model.path=DIR",
+        )
+    if c.model.llm_type not in ("opt", "llama"):
+        bad("model.llm_type", f"must be 'opt' or 'llama', got {c.model.llm_type!r}")
+    if c.data.tokenizer in ("", REQUIRED) and not c.data.synthetic_dir:
+        bad("data.tokenizer", "is required: a local Hugging Face tokenizer directory of the LLM")
+    if not c.data.sources and not c.data.synthetic_dir:
+        bad("data.sources", "is empty: name at least one source {kind, weight, args}")
+    for name, src in c.data.sources.items():
+        for key in ("kind", "weight", "args"):
+            if key not in src:
+                bad(f"data.sources.{name}", f"needs a {key!r} entry")
+        for arg, value in src["args"].items():
+            if value == REQUIRED:
+                bad(f"data.sources.{name}.args.{arg}", "is required (a path on disk)")
+    unknown = sorted(set(c.trainable) - set(TRAINABLE_CHOICES))
+    if unknown or not c.trainable:
+        bad("trainable", f"must be a non-empty subset of {TRAINABLE_CHOICES}, got {c.trainable}")
+    if c.batch_size < 1 or c.accum_steps < 1 or c.batch_size % c.accum_steps:
+        bad(
+            "batch_size",
+            f"{c.batch_size} must be a positive multiple of accum_steps={c.accum_steps}",
+        )
+    if c.num_steps <= 0 and c.num_epochs <= 0:
+        bad("num_steps", "set num_steps > 0 or num_epochs > 0")
+    if c.optim.schedule not in ("constant", "warmup_cosine"):
+        bad("optim.schedule", f"must be 'constant' or 'warmup_cosine', got {c.optim.schedule!r}")
+    if len(c.mesh_shape) != 3:
+        bad("mesh_shape", f"must have 3 entries (data, fsdp, tensor), got {c.mesh_shape}")
+    for tower in ("vision", "qformer", "llm"):
+        knobs = c.model[tower]
+        for dt in ("dtype", "param_dtype"):
+            if knobs[dt] not in ("float32", "bfloat16", "float16"):
+                bad(f"model.{tower}.{dt}", f"must be float32/bfloat16/float16, got {knobs[dt]!r}")

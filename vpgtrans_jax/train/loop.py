@@ -1,0 +1,304 @@
+"""The training loop of every stage: resume, sharded steps, logging, checkpoints, preemption."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from vpgtrans_jax import sharding
+from vpgtrans_jax.train import checkpointing, optim
+from vpgtrans_jax.train.builder import build_model, rules_of
+from vpgtrans_jax.train.config_base import validate
+from vpgtrans_jax.train.data_setup import build_sources, build_train_iterator
+from vpgtrans_jax.train.metrics_writer import MetricsLogger
+from vpgtrans_jax.train.step import TrainState, jit_train_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak FLOP/s per chip, for MFU (device_kind prefixes as JAX reports them).
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA A100": 312e12,
+}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. too many consecutive non-finite steps)."""
+
+
+def peak_flops(device: jax.Device) -> float | None:
+    kind = getattr(device, "device_kind", "")
+    for prefix, value in PEAK_FLOPS.items():
+        if kind.startswith(prefix):
+            return value
+    return None
+
+
+def maybe_initialize_distributed() -> None:
+    """Multi-process launch (TPU pod slices, SLURM/MPI GPU jobs): connect the processes."""
+    markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID")
+    if any(m in os.environ for m in markers) and jax.process_count() == 1:
+        try:
+            jax.distributed.initialize()
+        except (RuntimeError, ValueError) as e:  # single-host TPU VMs set TPU_WORKER_ID too
+            log.info("jax.distributed.initialize() skipped: %s", e)
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT request a checkpoint and a clean exit at the next step boundary."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C aborts at once
+        self.signal = signum
+        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def total_steps(c: ml_collections.ConfigDict, num_samples: int) -> int:
+    if c.num_steps > 0:
+        return int(c.num_steps)
+    return max(1, math.ceil(c.num_epochs * num_samples / c.batch_size))
+
+
+def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict[str, Any]:
+    """Runs (or resumes) the stage that ``c`` describes in ``workdir``; returns a summary dict."""
+    validate(c)
+    maybe_initialize_distributed()
+    t_start = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    rules = rules_of(c)
+    mesh = sharding.make_mesh(tuple(c.mesh_shape))
+    n_proc = jax.process_count()
+    if c.batch_size % (n_proc * c.accum_steps):
+        raise ValueError(
+            f"config.batch_size={c.batch_size} must divide by processes ({n_proc}) x "
+            f"accum_steps ({c.accum_steps})"
+        )
+    per_host_batch = c.batch_size // n_proc
+
+    tokenizer_dir, sources = build_sources(c)
+    num_samples = sum(len(s) for _, s, _ in sources)
+    steps = total_steps(c, num_samples)
+    data_it = build_train_iterator(
+        c, tokenizer_dir, sources, per_host_batch, jax.process_index(), n_proc
+    )
+
+    model, model_source = build_model(c, mesh, tokenizer_dir)
+    graphdef, params, frozen = optim.split_trainable(model, tuple(c.trainable))
+    del model
+    schedule = optim.make_schedule(
+        c.optim.schedule,
+        init_lr=c.optim.init_lr,
+        total_steps=steps,
+        warmup_steps=min(c.optim.warmup_steps, steps),
+        warmup_lr=c.optim.warmup_lr,
+        min_lr=c.optim.min_lr,
+    )
+    tx = optim.make_optimizer(
+        params,
+        schedule,
+        weight_decay=c.optim.weight_decay,
+        b1=c.optim.b1,
+        b2=c.optim.b2,
+        eps=c.optim.eps,
+        grad_clip_norm=c.optim.grad_clip_norm or None,
+        lr_multipliers=dict(c.optim.lr_multipliers),
+    )
+    abstract_state = jax.eval_shape(lambda p: TrainState.create(p, tx), params)
+    state_sh = sharding.state_shardings(abstract_state, mesh, rules)
+    frozen_sh = sharding.state_shardings(frozen, mesh, rules)
+    state = jax.jit(lambda p: TrainState.create(p, tx), out_shardings=state_sh)(params)
+    del params
+
+    ckpt = checkpointing.Checkpointer(
+        workdir,
+        every_steps=c.checkpoint_every,
+        max_to_keep=c.keep_checkpoints,
+        async_save=c.async_checkpoint,
+    )
+    start_step = 0
+    restored = ckpt.restore(checkpointing.abstract_with_shardings(abstract_state, state_sh))
+    if restored is not None:
+        state, data_state, _, start_step = restored
+        if data_state is not None:
+            data_it.set_state(data_state)
+        log.info("resumed from step %d in %s", start_step, ckpt.directory)
+
+    step_fn = jit_train_step(
+        make_train_step(graphdef, tx, accum_steps=c.accum_steps), mesh, state_sh, frozen_sh, rules
+    )
+    meta = {"config": config_json(c), "model_source": model_source}
+    logger = MetricsLogger(workdir, enabled=is_main)
+    n_params = {
+        "trainable": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+        "frozen": int(sum(np.prod(x.shape) for x in jax.tree.leaves(frozen))),
+    }
+    log.info("params: %s; %d steps of global batch %d", n_params, steps, c.batch_size)
+
+    from vpgtrans_jax.data.pipeline import make_global_batch
+
+    flops_per_step: float | None = None
+    peak = peak_flops(jax.devices()[0])
+    bar = None
+    if progress and is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start_step, desc=f"{c.stage}", dynamic_ncols=True)
+
+    step = start_step
+    window: list[dict[str, float]] = []
+    t_window = time.time()
+    last_metrics: dict[str, float] = {}
+    stopped_by = None
+    with _StopFlag() as stop:
+        while step < steps:
+            host_batch = next(data_it)
+            batch = {
+                k: v
+                for k, v in make_global_batch(host_batch, mesh).items()
+                if k in ("pixel_values", "input_ids", "attention_mask", "labels")
+            }
+            if flops_per_step is None:
+                flops_per_step = _step_flops(step_fn, state, frozen, batch)
+            state, metrics = step_fn(state, frozen, batch)
+            step += 1
+            window.append(metrics)
+            if int(state.bad_steps) >= c.max_bad_steps:
+                ckpt.wait()
+                raise TrainingError(
+                    f"{int(state.bad_steps)} consecutive steps had a non-finite loss or gradient "
+                    f"(config.max_bad_steps={c.max_bad_steps}); last loss "
+                    f"{float(metrics['loss'])}. Lower the LR or check the data; the last good "
+                    f"checkpoint is in {ckpt.directory}"
+                )
+            if step % c.log_every == 0 or step == steps:
+                dt = time.time() - t_window
+                last_metrics = _summarise(
+                    window, dt, c.batch_size, schedule(int(state.step)), flops_per_step, peak
+                )
+                last_metrics.update(
+                    {f"data/{k}": v for k, v in data_it.metrics().items()},
+                    skipped_steps=int(state.skipped_steps),
+                )
+                logger.write(step, last_metrics)
+                window, t_window = [], time.time()
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{last_metrics['loss']:.4f}",
+                        lr=f"{last_metrics['lr']:.2e}",
+                        sps=f"{last_metrics['samples_per_s']:.1f}",
+                    )
+            if bar is not None:
+                bar.update(1)
+            ckpt.save(step, state, data_it.get_state(), meta)
+            if stop.signal is not None:
+                stopped_by = signal.Signals(stop.signal).name
+                break
+    ckpt.save(step, state, data_it.get_state(), meta, force=True)
+    ckpt.wait()
+    if bar is not None:
+        bar.close()
+    export_dir = None
+    if stopped_by is None and c.export_final and is_main:
+        from vpgtrans_jax.train.export import export_trained_parts
+
+        export_dir = export_trained_parts(
+            state.params,
+            os.path.join(workdir, "export"),
+            {"model_source": model_source, "stage": c.stage, "step": step},
+        )
+    summary = {
+        "stage": c.stage,
+        "steps": step,
+        "total_steps": steps,
+        "samples": step * c.batch_size,
+        "final_loss": last_metrics.get("loss"),
+        "skipped_steps": int(state.skipped_steps),
+        "wall_time_s": time.time() - t_start,
+        "flops_per_step": flops_per_step,
+        "stopped_by": stopped_by,
+        "export": export_dir,
+        "params": n_params,
+    }
+    logger.close()
+    ckpt.close()
+    data_it.close()
+    if is_main:
+        print(
+            f"[{c.stage}] {'stopped by ' + stopped_by + ' at' if stopped_by else 'done:'} "
+            f"step {step}/{steps}, loss {summary['final_loss']}, "
+            f"{summary['wall_time_s']:.1f}s, checkpoints in {ckpt.directory}"
+            + (f", export in {export_dir}" if export_dir else "")
+        )
+    return summary
+
+
+def _step_flops(step_fn, state, frozen, batch) -> float | None:
+    """FLOPs of one step from XLA's cost analysis of the (unpartitioned) lowered program."""
+    try:
+        cost = step_fn.lower(state, frozen, batch).cost_analysis()
+    except Exception as e:  # noqa: BLE001 - cost analysis is best-effort reporting only
+        log.info("cost analysis unavailable: %s", e)
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops else None
+
+
+def _summarise(window, dt, batch_size, lr, flops_per_step, peak) -> dict[str, float]:
+    losses = np.array([float(m["loss"]) for m in window])
+    finite = np.isfinite(losses)
+    out = {
+        "loss": float(losses[finite].mean()) if finite.any() else float("nan"),
+        "grad_norm": float(np.mean([float(m["grad_norm"]) for m in window])),
+        "lr": float(lr),
+        "samples_per_s": len(window) * batch_size / max(dt, 1e-9),
+        "steps_per_s": len(window) / max(dt, 1e-9),
+    }
+    if flops_per_step:
+        achieved = flops_per_step * out["steps_per_s"]
+        out["tflops_per_s"] = achieved / 1e12
+        if peak:
+            out["mfu"] = achieved / (peak * jax.device_count())
+    return out
+
+
+def config_json(c: ml_collections.ConfigDict) -> str:
+    """The config as JSON (for checkpoint metadata); ``str`` if something is not serialisable."""
+    try:
+        return c.to_json()
+    except (TypeError, ValueError):
+        return str(c)
