@@ -8,7 +8,11 @@ def get_config(arg=None):
     c = config_base.base_config()
     presets.tiny(c, llm_type=arg or "llama")
     presets.instruct_stage(c)
-    c.data.sources = {"cc_sbu_align": presets.source("cc_sbu_align", 1.0, root=f"{SYNTHETIC_PLACEHOLDER}/cc_sbu_align")}
+    c.data.sources = {
+        "cc_sbu_align": presets.source(
+            "cc_sbu_align", 1.0, root=f"{SYNTHETIC_PLACEHOLDER}/cc_sbu_align"
+        )
+    }
     c.data.max_len = 96
     c.batch_size = 8
     c.optim.init_lr = 1e-3

@@ -8,7 +8,8 @@ Example:
 Computes W_t = W_w @ W_s, b_t = W_w @ b_s + b_w and writes the source VPG (ln_vision,
 query_tokens, Q-Former) with the merged projector as a trained-parts export (export.json +
 params/) that a stage-1 config names as model.vpg_init. --src_checkpoint is anything
-vpgtrans_jax.load accepts (HF BLIP-2 directories are read without loading the ViT or LLM).
+vpgtrans_jax.load accepts (HF BLIP-2 and vpgtrans-jax model directories are read without
+loading the ViT or LLM).
 Exit status 2 on bad input.
 """
 

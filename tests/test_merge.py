@@ -57,8 +57,16 @@ def setup(tmp_path_factory):
     conv.save(conv_dir)
     out = str(root / "merged")
     info = merge_projector(src, conv_dir, out, log=None)
-    return {"src": src, "pt": src_model, "tgt": tgt, "conv": conv, "conv_dir": conv_dir,
-            "out": out, "info": info, "root": root}
+    return {
+        "src": src,
+        "pt": src_model,
+        "tgt": tgt,
+        "conv": conv,
+        "conv_dir": conv_dir,
+        "out": out,
+        "info": info,
+        "root": root,
+    }
 
 
 def test_merged_projector_equals_converter_after_projector(setup):
@@ -82,9 +90,11 @@ def test_merged_projector_equals_converter_after_projector(setup):
 
 def test_vpg_copied_from_source(setup):
     parts = load_vpg_init(setup["out"])
-    ref = nnx.state(vpgtrans_jax.load(setup["src"])).to_pure_dict()
+    ref = nnx.to_pure_dict(nnx.state(vpgtrans_jax.load(setup["src"])))
     for name in ("ln_vision", "query_tokens", "qformer"):
-        jax.tree.map(np.testing.assert_array_equal, parts[name], jax.tree.map(np.asarray, ref[name]))
+        jax.tree.map(
+            np.testing.assert_array_equal, parts[name], jax.tree.map(np.asarray, ref[name])
+        )
 
 
 def test_output_initialises_a_target_model(setup):
@@ -100,7 +110,9 @@ def test_output_initialises_a_target_model(setup):
         nnx.replace_by_pure_dict(state, parts[name])
         nnx.update(getattr(model, name), state)
     model.query_tokens.set_value(parts["query_tokens"])
-    np.testing.assert_array_equal(np.asarray(model.projector.kernel[...]), parts["projector"]["kernel"])
+    np.testing.assert_array_equal(
+        np.asarray(model.projector.kernel[...]), parts["projector"]["kernel"]
+    )
     # The training side's loader accepts the directory as model.vpg_init.
     from vpgtrans_jax import sharding
     from vpgtrans_jax.train.export import apply_vpg_init
@@ -108,8 +120,9 @@ def test_output_initialises_a_target_model(setup):
     mesh = sharding.make_mesh((-1, 1, 1))
     fresh = VLModel(cfg, rngs=nnx.Rngs(1))
     assert apply_vpg_init(fresh, setup["out"], mesh, sharding.DEFAULT_RULES) == sorted(parts)
-    np.testing.assert_array_equal(np.asarray(fresh.qformer.layernorm.scale[...]),
-                                  parts["qformer"]["layernorm"]["scale"])
+    np.testing.assert_array_equal(
+        np.asarray(fresh.qformer.layernorm.scale[...]), parts["qformer"]["layernorm"]["scale"]
+    )
 
 
 def test_scanned_qformer_layout_gives_same_outputs(setup):
@@ -132,6 +145,18 @@ def test_scanned_qformer_layout_gives_same_outputs(setup):
     jax.tree.map(np.testing.assert_array_equal, load_vpg_init(out)["qformer"], scanned)
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_project_model_dir_source_gives_same_merge(setup, tmp_path, scan):
+    """A vpgtrans-jax model directory (any Q-Former layout) merges like the HF original."""
+    from vpgtrans_jax.convert.tools import hf_to_orbax
+
+    model_dir = str(tmp_path / "model")
+    hf_to_orbax(setup["src"], model_dir, scan_layers=scan, log=lambda *_: None)
+    out = str(tmp_path / "merged")
+    merge_projector(model_dir, setup["conv_dir"], out, log=None)
+    jax.tree.map(np.testing.assert_array_equal, load_vpg_init(out), load_vpg_init(setup["out"]))
+
+
 def test_merge_errors(setup, tmp_path):
     with pytest.raises(ValueError, match="converter was trained for another source LLM"):
         merge_linear(np.zeros((4, 8)), np.zeros(8), np.zeros((6, 3)), np.zeros(3))
@@ -147,9 +172,22 @@ def test_merge_errors(setup, tmp_path):
 
 def test_cli(setup, tmp_path, capsys):
     out = str(tmp_path / "m")
-    assert cli.main(["--src_checkpoint", setup["src"], "--converter", setup["conv_dir"],
-                     "--out", out]) == 0
+    assert (
+        cli.main(["--src_checkpoint", setup["src"], "--converter", setup["conv_dir"], "--out", out])
+        == 0
+    )
     jax.tree.map(np.testing.assert_array_equal, load_vpg_init(out), load_vpg_init(setup["out"]))
-    assert cli.main(["--src_checkpoint", str(tmp_path / "none"), "--converter",
-                     setup["conv_dir"], "--out", out]) == 2
+    assert (
+        cli.main(
+            [
+                "--src_checkpoint",
+                str(tmp_path / "none"),
+                "--converter",
+                setup["conv_dir"],
+                "--out",
+                out,
+            ]
+        )
+        == 2
+    )
     assert "must be a checkpoint directory" in capsys.readouterr().err

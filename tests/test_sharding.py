@@ -58,6 +58,7 @@ def test_meshes_match_single_device(loaded, scan):
 def test_make_mesh_errors():
     with pytest.raises(ValueError, match="needs 16 devices"):
         sharding.make_mesh((4, 2, 2))
+    assert sharding.make_mesh((1, 1, 1)).devices.size == 1  # explicit smaller mesh: first devices
     with pytest.raises(ValueError, match="at most one -1"):
         sharding.make_mesh((-1, -1, 1))
     assert sharding.make_mesh((-1, 2, 1)).shape == {"data": 4, "fsdp": 2, "tensor": 1}

@@ -104,7 +104,9 @@ def corpus(tmp_path_factory):
     txt = root / "caps.txt"
     txt.write_text("\n".join(caps[:200]) + "\n")
     js = root / "caps.json"
-    js.write_text(json.dumps([{"image": f"{i}.jpg", "caption": c} for i, c in enumerate(caps[200:])]))
+    js.write_text(
+        json.dumps([{"image": f"{i}.jpg", "caption": c} for i, c in enumerate(caps[200:])])
+    )
     tok_a, tok_b = str(root / "tok_a"), str(root / "tok_b")
     n_a = train_tokenizer(caps, tok_a, vocab_size=400)  # byte-level BPE, "Ġ" marker
     _metaspace_tokenizer(caps, tok_b, vocab_size=200)  # BPE with "▁" marker

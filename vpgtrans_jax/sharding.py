@@ -63,6 +63,7 @@ def make_mesh(
     Example: ``make_mesh((2, 2, 2))`` on 8 devices; ``make_mesh((-1, 1, 1))`` is pure data parallel.
     """
     devices = list(jax.devices() if devices is None else devices)
+    original_shape = tuple(shape)
     shape = list(shape)
     if len(shape) != len(axis_names):
         raise ValueError(f"mesh shape {tuple(shape)} does not match axis names {tuple(axis_names)}")
@@ -73,6 +74,10 @@ def make_mesh(
         if len(devices) % rest:
             raise ValueError(f"{len(devices)} devices cannot fill mesh shape {tuple(shape)}")
         shape[shape.index(-1)] = len(devices) // rest
+    if -1 not in original_shape and math.prod(shape) < len(devices):
+        # An explicit smaller mesh (e.g. (1, 1, 1) for a single-device reference run) takes the
+        # first devices.
+        devices = devices[: math.prod(shape)]
     if math.prod(shape) != len(devices):
         raise ValueError(
             f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, {len(devices)} available"

@@ -281,12 +281,12 @@ def relayout(
     flat: Mapping[str, np.ndarray], part: str, have: ModelSpec, want: ModelSpec
 ) -> dict[str, np.ndarray]:
     """One part's arrays from ``have``'s layer layout to ``want``'s (through torch names)."""
-    hf = dict(export_tensors(flat.items(), have.hf_rules([part])))
+    rules = lambda s: llm_rules(s.llm) if part == "llm" else s.hf_rules([part])  # same names
+    hf = dict(export_tensors(flat.items(), rules(have)))
     out: dict[str, np.ndarray] = {}
     stored_dtype = next(iter(flat.values())).dtype  # a part's tensors share one dtype
     expected = {k: (s, stored_dtype) for k, (s, _) in want.expected([part]).items()}
-    import_tensors(MappingSource(hf, f"{part} (relayout)"), want.hf_rules([part]), expected,
-                   out.__setitem__)  # fmt: skip
+    import_tensors(MappingSource(hf, f"{part} (relayout)"), rules(want), expected, out.__setitem__)
     return out
 
 

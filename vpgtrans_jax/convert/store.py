@@ -8,6 +8,7 @@ converter write a large tower while holding only a bounded number of tensors.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import tempfile
@@ -17,7 +18,15 @@ import numpy as np
 
 from vpgtrans_jax.checkpoint_io import CheckpointError
 
-DEFAULT_GROUP_BYTES = 256 * 2**20
+DEFAULT_GROUP_BYTES = 128 * 2**20
+
+
+def _release_freed_memory() -> None:
+    """Returns freed heap pages to the OS (glibc keeps them otherwise, inflating the peak)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _checkpointer():
@@ -85,6 +94,8 @@ class GroupWriter:
         self._groups: dict[str, list[str]] = {}
 
     def add(self, part: str, path: str, value: np.ndarray) -> None:
+        if self._bytes and self._bytes + value.nbytes > self.budget:
+            self.flush()  # a large tensor goes into a group of its own
         self._pending.setdefault(part, {})[path] = value
         self._bytes += value.nbytes
         if self._bytes >= self.budget:
@@ -97,6 +108,7 @@ class GroupWriter:
             save_group(os.path.join(self.root, "params", part, name), flat)
             names.append(name)
         self._pending, self._bytes = {}, 0
+        _release_freed_memory()
 
     def close(self) -> dict[str, list[str]]:
         self.flush()

@@ -26,12 +26,19 @@ EXPORT_FORMAT = "vpgtrans-jax/trained-parts"
 EXPORT_VERSION = 1
 
 
-def _pure(state: nnx.State) -> dict:
-    return jax.tree.map(np.asarray, state.to_pure_dict())
+def _pure(tree: Any) -> Any:
+    """Plain nested dict of numpy arrays from an ``nnx.State`` / dict of states / arrays."""
+    if isinstance(tree, nnx.State):
+        tree = nnx.to_pure_dict(tree)
+    if isinstance(tree, dict):
+        return {k: _pure(v) for k, v in tree.items()}
+    if isinstance(tree, nnx.Variable):
+        return np.asarray(tree.get_value())
+    return np.asarray(tree)
 
 
-def export_trained_parts(params: nnx.State, out_dir: str, meta: dict[str, Any]) -> str:
-    """Writes ``params`` (trainable state, top-level keys = module names) to ``out_dir``.
+def export_trained_parts(params: Any, out_dir: str, meta: dict[str, Any]) -> str:
+    """Writes ``params`` (``nnx.State`` or ``{module: state}``; keys = module names) to ``out_dir``.
 
     Written to a temporary sibling directory and renamed at the end, so a crash never leaves a
     half-written export behind.
@@ -80,9 +87,12 @@ def read_export(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def apply_vpg_init(model: nnx.Module, path: str, mesh: Mesh, rules: sharding.Rules) -> list[str]:
     """Replaces the modules an export holds inside ``model`` (in place); returns their names.
 
-    Shapes must match the model exactly (a projector exported for another LLM width is an error).
+    Shapes must match the model exactly (a projector exported for another LLM width is an error);
+    a Q-Former stored in the other layer layout (scanned vs not) is converted.
     """
-    _, parts = read_export(path)
+    from vpgtrans_jax.transfer.merge import load_vpg_init
+
+    parts = load_vpg_init(path, qformer_scan_layers=model.config.qformer.scan_layers)
     for name, pure in parts.items():
         if not hasattr(model, name):
             raise ValueError(f"{path}: export holds module {name!r} that the model does not have")
@@ -94,7 +104,7 @@ def apply_vpg_init(model: nnx.Module, path: str, mesh: Mesh, rules: sharding.Rul
                     f"{path}: {name} has shape {value.shape}, model expects "
                     f"{current.get_value().shape}"
                 )
-            sh = sharding.state_shardings(nnx.State({name: current}), mesh, rules)[name]
+            sh = sharding.state_shardings({name: current}, mesh, rules)[name]
             current.set_value(
                 jax.device_put(value.astype(current.get_value().dtype), sh.get_value())
             )

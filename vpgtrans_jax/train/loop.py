@@ -51,13 +51,24 @@ def peak_flops(device: jax.Device) -> float | None:
 
 
 def maybe_initialize_distributed() -> None:
-    """Multi-process launch (TPU pod slices, SLURM/MPI GPU jobs): connect the processes."""
-    markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID")
-    if any(m in os.environ for m in markers) and jax.process_count() == 1:
-        try:
-            jax.distributed.initialize()
-        except (RuntimeError, ValueError) as e:  # single-host TPU VMs set TPU_WORKER_ID too
-            log.info("jax.distributed.initialize() skipped: %s", e)
+    """Connects the processes of a multi-process launch before JAX touches any device.
+
+    Explicit: ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID`` (multi-GPU
+    hosts). Auto-detected by JAX: TPU pod slices (``TPU_WORKER_HOSTNAMES``), SLURM, Open MPI.
+    """
+    env = os.environ
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
+            process_id=int(env.get("JAX_PROCESS_ID", "0")),
+        )
+        return
+    multi_worker_tpu = "," in env.get("TPU_WORKER_HOSTNAMES", "")
+    slurm = int(env.get("SLURM_NTASKS", "1")) > 1
+    mpi = int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    if multi_worker_tpu or slurm or mpi:
+        jax.distributed.initialize()
 
 
 class _StopFlag:
@@ -116,6 +127,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     )
 
     model, model_source = build_model(c, mesh, tokenizer_dir)
+    model_config = model.config
     graphdef, params, frozen = optim.split_trainable(model, tuple(c.trainable))
     del model
     schedule = optim.make_schedule(
@@ -237,7 +249,13 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
         export_dir = export_trained_parts(
             state.params,
             os.path.join(workdir, "export"),
-            {"model_source": model_source, "stage": c.stage, "step": step},
+            {
+                "model_source": model_source,
+                "stage": c.stage,
+                "step": step,
+                "vl_config": model_config.to_dict(),
+                "qformer_scan_layers": model_config.qformer.scan_layers,
+            },
         )
     summary = {
         "stage": c.stage,

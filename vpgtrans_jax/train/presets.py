@@ -16,7 +16,9 @@ VPG_MODULES = ("ln_vision", "query_tokens", "qformer", "projector")
 
 
 def source(kind: str, weight: float, **args) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"kind": kind, "weight": weight, "args": args}, type_safe=False)
+    return ml_collections.ConfigDict(
+        {"kind": kind, "weight": weight, "args": args}, type_safe=False
+    )
 
 
 # ---- tiny offline runs -------------------------------------------------------------------------
@@ -28,22 +30,44 @@ def tiny(c: ml_collections.ConfigDict, llm_type: str = "opt") -> ml_collections.
     c.model.path = ""
     c.model.llm_type = llm_type
     c.model.arch.vision = arch_dict(
-        VisionConfig, image_size=64, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
+        VisionConfig,
+        image_size=64,
+        patch_size=8,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
         mlp_dim=128,
     )
     c.model.arch.qformer = arch_dict(
-        QFormerConfig, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
-        encoder_hidden_size=64, cross_attention_frequency=2,
+        QFormerConfig,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=128,
+        encoder_hidden_size=64,
+        cross_attention_frequency=2,
     )
     if llm_type == "opt":
         c.model.arch.llm = arch_dict(
-            OPTConfig, vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, ffn_dim=128,
-            max_position_embeddings=128, word_embed_proj_dim=64,
+            OPTConfig,
+            vocab_size=512,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            ffn_dim=128,
+            max_position_embeddings=128,
+            word_embed_proj_dim=64,
         )
     else:
         c.model.arch.llm = arch_dict(
-            LlamaConfig, vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
-            num_kv_heads=2, intermediate_size=128, max_position_embeddings=128,
+            LlamaConfig,
+            vocab_size=512,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=128,
         )
     c.model.arch.num_query_tokens = 8
     c.model.tiny_llm_steps = 300
@@ -66,7 +90,8 @@ def tiny(c: ml_collections.ConfigDict, llm_type: str = "opt") -> ml_collections.
 def tiny_caption_sources() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict(type_safe=False)
     d.synthetic_captions = source(
-        "lavis_caption", 1.0,
+        "lavis_caption",
+        1.0,
         ann_paths=f"{SYNTHETIC_PLACEHOLDER}/annotations/caption_train.json",
         image_root=f"{SYNTHETIC_PLACEHOLDER}/images",
     )

@@ -28,9 +28,14 @@ log = logging.getLogger(__name__)
 
 
 def _cache_dir(root: str, cfg: LLMConfig, steps: int, seed: int) -> str:
-    arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("scan_layers", "remat_policy")}
-    key = json.dumps({"arch": arch, "type": type(cfg).__name__, "steps": steps, "seed": seed},
-                     sort_keys=True, default=str)
+    arch = {
+        k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("scan_layers", "remat_policy")
+    }
+    key = json.dumps(
+        {"arch": arch, "type": type(cfg).__name__, "steps": steps, "seed": seed},
+        sort_keys=True,
+        default=str,
+    )
     return os.path.join(root, "tiny_llm", hashlib.sha1(key.encode()).hexdigest()[:12])
 
 
@@ -78,7 +83,7 @@ def pretrain_llm(
 def ensure_pretrained_tiny_llm(
     model: VLModel, synthetic_dir: str, tokenizer_dir: str, *, steps: int, seed: int
 ) -> str:
-    """Loads the cached tiny LM into ``model.llm`` or pretrains (and caches) it; returns its path."""
+    """Loads the cached tiny LM into ``model.llm``, or pretrains and caches it; returns its path."""
     from vpgtrans_jax.train.export import export_trained_parts, read_export
 
     cache = _cache_dir(synthetic_dir, model.config.llm, steps, seed)
@@ -88,7 +93,7 @@ def ensure_pretrained_tiny_llm(
         loss = pretrain_llm(model, captions, tokenizer_dir, steps=steps, seed=seed)
         log.info("pretrained the tiny LLM for %d steps (final LM loss %.3f)", steps, loss)
         export_trained_parts(
-            nnx.State({"llm": nnx.state(model.llm, nnx.Param)}),
+            {"llm": nnx.state(model.llm, nnx.Param)},
             cache,
             {"kind": "tiny pretrained LLM", "steps": steps, "final_loss": loss},
         )

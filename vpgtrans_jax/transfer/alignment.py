@@ -62,7 +62,9 @@ def _iter_file(path: str) -> Iterator[str]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON ({e})") from e
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of {{'caption': ...}} objects, got {type(data).__name__}")
+        raise ValueError(
+            f"{path}: expected a JSON list of {{'caption': ...}} objects, got {type(data).__name__}"
+        )
     for i, item in enumerate(data):
         cap = item.get("caption") if isinstance(item, dict) else None
         caps = [cap] if isinstance(cap, str) else cap

@@ -117,7 +117,9 @@ def fit_linear_map(
         raise ValueError("no aligned token pairs to train on")
     for col, table, name in ((0, src, "source"), (1, tgt, "target")):
         if pairs[:, col].min() < 0 or pairs[:, col].max() >= len(table):
-            raise ValueError(f"pair column {col} indexes outside the {name} table ({len(table)} rows)")
+            raise ValueError(
+                f"pair column {col} indexes outside the {name} table ({len(table)} rows)"
+            )
     train, heldout = split_pairs(pairs, cfg.heldout_fraction, cfg.seed)
     src_d = jnp.asarray(src, jnp.float32)
     tgt_d = jnp.asarray(tgt, jnp.float32)

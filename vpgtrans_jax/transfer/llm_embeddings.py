@@ -5,8 +5,9 @@ Two spaces matter for VPGTrans:
 - the **prompt space**: where token embeddings and our soft prompt live (``embed_tokens`` rows,
   width ``input_embed_dim``); the VL model's projector writes here.
 - the **feature space**: what the first decoder layer receives from a token. It equals the prompt
-  space except for OPT-350m style models, whose ``project_in`` (no bias) maps ``word_embed_proj_dim``
-  to ``hidden_size``. The original VPGTrans trains its converter on these features.
+  space except for OPT-350m style models, whose ``project_in`` (no bias) maps
+  ``word_embed_proj_dim`` to ``hidden_size``. The original VPGTrans trains its converter on
+  these features.
 
 ``LLMEmbeddings`` carries the prompt-space table and, where present, the ``project_in`` kernel so
 callers can take either. Supported directories: OPT and LLaMA-family (``llama``, ``mistral``,
@@ -70,8 +71,10 @@ class LLMEmbeddings:
         return rows if self.project_in is None else rows @ self.project_in
 
 
-def llm_config_of(hf_config: dict[str, Any], where: str) -> tuple[str, OPTConfig | LlamaConfig, str]:
-    """(llm_type, our config, tensor key prefix filter) for an LLM or BLIP-2 ``config.json`` dict."""
+def llm_config_of(
+    hf_config: dict[str, Any], where: str
+) -> tuple[str, OPTConfig | LlamaConfig, str]:
+    """(llm_type, our config, tensor key prefix) for an LLM or BLIP-2 ``config.json`` dict."""
     model_type = hf_config.get("model_type")
     prefix = ""
     if model_type in ("blip-2", "blip_2"):
@@ -92,8 +95,9 @@ def llm_config_of(hf_config: dict[str, Any], where: str) -> tuple[str, OPTConfig
 
 
 def _find_one(keys: list[str], suffix: str, prefix: str, where: str) -> str | None:
+    """The one key under ``prefix`` ending in ``suffix`` (None if absent), whatever the wrapper
+    (``model.decoder.``, ``decoder.``, ``language_model.model.`` ...)."""
     hits = [k for k in keys if k.startswith(prefix) and k.endswith(suffix)]
-    # Only the decoder's own tensors: e.g. "model.decoder.embed_tokens.weight", not a vision one.
     if len(hits) > 1:
         raise CheckpointError(f"{where}: several tensors end with {suffix!r}: {sorted(hits)}")
     return hits[0] if hits else None

@@ -84,13 +84,21 @@ def _hf_blip2_vpg(path: str) -> tuple[dict[str, Any], VLConfig]:
     return pure, cfg
 
 
+def _model_dir_vpg(path: str) -> tuple[dict[str, Any], VLConfig]:
+    """Reads only the VPG parts of a vpgtrans-jax model directory (``convert/``)."""
+    from vpgtrans_jax.convert import model_dir
+
+    return model_dir.load_params(path, parts=VPG_MODULES), model_dir.read_config(path)
+
+
 def _loaded_vpg(path: str) -> tuple[dict[str, Any], VLConfig]:
     """Any other checkpoint ``vpgtrans_jax.load`` accepts: load it and take the VPG state."""
-    import vpgtrans_jax
     from flax import nnx
 
+    import vpgtrans_jax
+
     model = vpgtrans_jax.load(path)
-    pure = nnx.state(model).to_pure_dict()
+    pure = nnx.to_pure_dict(nnx.state(model))
     return {k: jax.tree.map(np.asarray, pure[k]) for k in VPG_MODULES}, model.config
 
 
@@ -98,11 +106,15 @@ def read_source_vpg(path: str) -> tuple[dict[str, Any], VLConfig]:
     """``({module: pure dict} for ln_vision/query_tokens/qformer/projector, VLConfig)``."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: --src_checkpoint must be a checkpoint directory")
+    from vpgtrans_jax.convert.model_dir import is_model_dir
+
+    if is_model_dir(path):
+        return _model_dir_vpg(path)
     return _hf_blip2_vpg(path) if _is_hf_blip2(path) else _loaded_vpg(path)
 
 
 def relayout_qformer(pure: dict, cfg: qformer_mod.QFormerConfig, scan_layers: bool) -> dict:
-    """Q-Former pure dict in ``cfg``'s layout → the layout of ``scan_layers`` (via HF tensor names)."""
+    """Q-Former pure dict in ``cfg``'s layout → the ``scan_layers`` layout (via HF tensor names)."""
     if cfg.scan_layers == scan_layers:
         return pure
     flat = {".".join(map(str, p)): v for p, v in _flatten(pure)}
@@ -120,7 +132,9 @@ def _int_keys(tree: Any) -> Any:
     """Digit-string keys (as Orbax restores them) back to the ints of ``nnx`` layer lists."""
     if not isinstance(tree, dict):
         return tree
-    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
+    return {
+        (int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()
+    }
 
 
 def _flatten(tree: Any, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
@@ -174,7 +188,10 @@ def merge_projector(
         "stage": "merge",
         "qformer_scan_layers": qformer_scan_layers,
         "vl_config": None if vl_cfg is None else vl_cfg.to_dict(),
-        "model_source": {"vision": os.path.abspath(src_checkpoint), "llm": conv.meta.get("tgt_llm")},
+        "model_source": {
+            "vision": os.path.abspath(src_checkpoint),
+            "llm": conv.meta.get("tgt_llm"),
+        },
         "source_checkpoint": os.path.abspath(src_checkpoint),
         "converter": os.path.abspath(converter),
         "converter_meta": conv.meta,

@@ -13,10 +13,10 @@ the soft prompt through it together with the text embeddings.
 Directory format (``--out DIR``):
   ``converter.npz``: ``kernel`` float32[E_src, E_tgt] (our Dense [in, out] layout, i.e. W_wᵀ) and
     ``bias`` float32[E_tgt];
-  ``converter.json``: ``{"format": "vpgtrans_jax.word_converter", "version": 1, "src_llm", "tgt_llm",
-    "src_dim", "tgt_dim", "src_project_in_folded", "align", "align_stats", "fit" (FitConfig),
-    "metrics" (train/held-out cosine, ...), "text_files"}``. It is written last, so its presence
-    marks a complete directory.
+  ``converter.json``: ``{"format": "vpgtrans_jax.word_converter", "version": 1, "src_llm",
+    "tgt_llm", "src_dim", "tgt_dim", "src_project_in_folded", "align", "align_stats",
+    "fit" (FitConfig), "metrics" (train/held-out cosine, ...), "text_files"}``. It is written
+    last, so its presence marks a complete directory.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def build_word_converter(
     out_dir: str | None = None,
     *,
     align: str = "same_length",
-    fit: FitConfig = FitConfig(),
+    fit: FitConfig | None = None,
     process_captions: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> WordConverter:
@@ -112,11 +112,13 @@ def build_word_converter(
       src_llm, tgt_llm: Hugging Face LLM (or BLIP-2) directories with a tokenizer.
       text_files: caption files (plain text one per line, or LAVIS caption JSON lists).
       align: ``"same_length"`` or ``"shared_tokens"`` (see ``alignment``).
-      fit: optimisation settings. process_captions: apply LAVIS ``blip_caption`` first.
+      fit: optimisation settings (None: the original recipe).
+      process_captions: apply LAVIS ``blip_caption`` first.
 
     Returns:
       the prompt-space ``WordConverter`` (``meta["metrics"]["heldout_cosine"]`` is the report).
     """
+    fit = fit or FitConfig()
     if align not in alignment.ALIGN_MODES:
         raise ValueError(f"align must be one of {alignment.ALIGN_MODES}, got {align!r}")
     say = log or (lambda _: None)
@@ -146,14 +148,10 @@ def build_word_converter(
     local = np.stack([src_col.reshape(-1), tgt_col.reshape(-1)], axis=1)
     result = fit_linear_map(src.features(src_ids), tgt.table[tgt_ids], local, fit, log=say)
     kernel = result.kernel if src.project_in is None else src.project_in @ result.kernel
-    say(
-        f"train cosine {result.metrics['train_cosine']:.4f}, held-out cosine "
-        + (
-            "n/a (no held-out pairs)"
-            if result.metrics["heldout_cosine"] is None
-            else f"{result.metrics['heldout_cosine']:.4f} over {result.metrics['heldout_pairs']} pairs"
-        )
-    )
+    m = result.metrics
+    held = m["heldout_cosine"]
+    held_text = "n/a" if held is None else f"{held:.4f} over {m['heldout_pairs']} distinct pairs"
+    say(f"train cosine {m['train_cosine']:.4f}, held-out cosine {held_text}")
     meta = {
         "src_llm": os.path.abspath(src_llm),
         "tgt_llm": os.path.abspath(tgt_llm),

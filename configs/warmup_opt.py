@@ -1,0 +1,16 @@
+"""Stage 1, BLIP-2 OPT-2.7B -> OPT-6.7B: projector warm-up (projector only, constant 5x LR, 1 epoch
+of COCO + SBU). Required: --config.model.path (a BLIP-2 OPT-6.7B-shaped model directory, e.g.
+from convert/lavis_to_orbax.py), --config.model.vpg_init (scripts/merge_projector.py output),
+--config.data.tokenizer, and the dataset paths under --config.data.sources.*.args.*."""
+
+from vpgtrans_jax.train import config_base, presets
+
+
+def get_config(arg=None):
+    c = config_base.base_config()
+    presets.warmup_stage(c)
+    c.model.llm_type = "opt"
+    c.data.sources = {"coco": presets.coco_captions(1.0), "sbu": presets.sbu_captions(1.0)}
+    c.batch_size = 1728
+    c.checkpoint_every = 1000
+    return c
