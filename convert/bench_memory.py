@@ -65,8 +65,10 @@ def generate(directory: str, shards: int = 3) -> list[int]:
              "weight_map": {k: n for n, g in zip(names, groups) for k, _ in g}}  # fmt: skip
     with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
         json.dump(index, f)
-    config = dict(OPT_1_3B, model_type="opt", architectures=["OPTForCausalLM"],
-                  word_embed_proj_dim=2048, do_layer_norm_before=True, torch_dtype="float16")  # fmt: skip
+    config = dict(
+        OPT_1_3B, model_type="opt", architectures=["OPTForCausalLM"], word_embed_proj_dim=2048,
+        do_layer_norm_before=True, torch_dtype="float16",
+    )  # fmt: skip
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f)
     return [os.path.getsize(os.path.join(directory, n)) for n in names]
@@ -102,8 +104,10 @@ def main() -> None:
     )  # fmt: skip
     gib = 2**30
     print(f"shards: {[round(s / gib, 3) for s in sizes]} GiB; largest {max(sizes) / gib:.3f} GiB")
-    print(f"peak RSS of the conversion: {peak / gib:.3f} GiB = {peak / max(sizes):.2f}x the "
-          f"largest shard ({time.time() - t:.0f} s); imports alone: {int(base.stdout) / gib:.3f} GiB")
+    print(
+        f"peak RSS of the conversion: {peak / gib:.3f} GiB = {peak / max(sizes):.2f}x the "
+        f"largest shard ({time.time() - t:.0f} s); imports alone: {int(base.stdout) / gib:.3f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Hugging Face BLIP-2 or LLM directory → vpgtrans-jax model directory.
 
-Run `python convert/hf_to_orbax.py --help` for every flag; docs/checkpoints.md describes the formats.
+Run `python convert/hf_to_orbax.py --help` for every flag;
+docs/checkpoints.md describes the formats.
 """
 
 import sys

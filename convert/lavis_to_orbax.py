@@ -1,6 +1,7 @@
 """LAVIS BLIP-2 / VPGTrans .pth (+ HF LLM, EVA ViT) → vpgtrans-jax model directory.
 
-Run `python convert/lavis_to_orbax.py --help` for every flag; docs/checkpoints.md describes the formats.
+Run `python convert/lavis_to_orbax.py --help` for every flag;
+docs/checkpoints.md describes the formats.
 """
 
 import sys

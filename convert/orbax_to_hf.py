@@ -1,6 +1,7 @@
 """vpgtrans-jax model directory → Hugging Face BLIP-2 directory.
 
-Run `python convert/orbax_to_hf.py --help` for every flag; docs/checkpoints.md describes the formats.
+Run `python convert/orbax_to_hf.py --help` for every flag;
+docs/checkpoints.md describes the formats.
 """
 
 import sys

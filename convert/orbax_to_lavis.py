@@ -1,6 +1,7 @@
 """vpgtrans-jax model directory → LAVIS / VPGTrans checkpoint of the trainable parts.
 
-Run `python convert/orbax_to_lavis.py --help` for every flag; docs/checkpoints.md describes the formats.
+Run `python convert/orbax_to_lavis.py --help` for every flag;
+docs/checkpoints.md describes the formats.
 """
 
 import sys

@@ -48,10 +48,10 @@ def _no_output(out) -> None:
 
 def _lavis(world, out, src=None, **kw):
     root, _ = world
+    kw.setdefault("vpg_config", str(root / "hf" / "config.json"))
     return tools.lavis_to_orbax(
-        str(src or root / "blip2.pth"), kw.pop("llm", str(root / "opt")), str(out),
-        vpg_config=str(root / "hf" / "config.json"), log=quiet, **kw,
-    )  # fmt: skip
+        str(src or root / "blip2.pth"), kw.pop("llm", str(root / "opt")), str(out), log=quiet, **kw
+    )
 
 
 def test_pickle_needing_code_is_refused(world, tmp_path, capsys):
@@ -135,15 +135,14 @@ def test_shape_and_dtype_mismatch(world, tmp_path):
     cfg["vision_config"]["intermediate_size"] = 48
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"fc1.weight' has shape \(64, 32\).*\(32, 48\)"):
-        _lavis(world, tmp_path / "out", vpg_config=None) if False else tools.lavis_to_orbax(
-            str(root / "blip2.pth"), str(root / "opt"), str(tmp_path / "out"),
-            vpg_config=str(tmp_path / "cfg.json"), log=quiet,
-        )  # fmt: skip
+        _lavis(world, tmp_path / "out", vpg_config=str(tmp_path / "cfg.json"))
     _no_output(tmp_path / "out")
 
     ints = dict(sd, **{"ln_vision.weight": torch.ones(32, dtype=torch.int32)})
     torch.save({"model": ints}, tmp_path / "i.pth")
-    with pytest.raises(CheckpointError, match="'ln_vision.weight' has dtype int32, expected a floating"):
+    with pytest.raises(
+        CheckpointError, match="'ln_vision.weight' has dtype int32, expected a floating"
+    ):
         _lavis(world, tmp_path / "out", src=tmp_path / "i.pth")
     _no_output(tmp_path / "out")
 

@@ -14,9 +14,11 @@ import torch
 import transformers as T
 
 import vpgtrans_jax
+from vpgtrans_jax import sharding
 from vpgtrans_jax import torch_reference as F
 from vpgtrans_jax.convert import cli, model_dir, tools
 from vpgtrans_jax.convert.sources import open_hf_weights
+from vpgtrans_jax.train.optim import split_trainable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +57,9 @@ def test_hf_roundtrip_identical_and_logits(hf_dir, tmp_path, scan):
 
     pixels, ids, mask = F.inputs()
     ref = F.torch_logits(pt_model, pixels, ids, mask)[:, F.NUM_QUERY :]
-    ours = np.asarray(vpgtrans_jax.load(ox)(jnp.asarray(pixels), jnp.asarray(ids), jnp.asarray(mask)))
+    ours = np.asarray(
+        vpgtrans_jax.load(ox)(jnp.asarray(pixels), jnp.asarray(ids), jnp.asarray(mask))
+    )
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
     reloaded = T.Blip2ForConditionalGeneration.from_pretrained(back).eval()
     np.testing.assert_allclose(
@@ -74,6 +78,15 @@ def test_load_relayouts_scan_and_bf16_storage(hf_dir, tmp_path):
     scanned = vpgtrans_jax.load(ox, param_dtype="float32", scan_layers=True)(pixels, ids, mask)
     np.testing.assert_allclose(np.asarray(scanned), np.asarray(flat), atol=1e-5, rtol=0)
     assert np.abs(np.asarray(flat) - ref).max() < 0.1 * np.abs(ref).max()
+    mesh = sharding.make_mesh((2, 2, 2))
+    placed = vpgtrans_jax.load(ox, mesh=mesh, param_dtype="float32")
+    kernel = (
+        placed.llm.layers[0].fc1.kernel
+        if pt_model.config.text_config.model_type == "opt"
+        else (placed.llm.layers[0].mlp.up_proj.kernel)
+    )
+    assert len(kernel[...].sharding.device_set) > 1
+    np.testing.assert_allclose(np.asarray(placed(pixels, ids, mask)), np.asarray(flat), atol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
@@ -104,8 +117,10 @@ def test_sharded_inputs_and_outputs(tmp_path, fmt):
     reloaded = T.Blip2ForConditionalGeneration.from_pretrained(back).eval()
     pixels, ids, mask = F.inputs(seed=2)
     np.testing.assert_allclose(
-        F.torch_logits(reloaded, pixels, ids, mask), F.torch_logits(pt_model, pixels, ids, mask),
-        atol=1e-5, rtol=0,
+        F.torch_logits(reloaded, pixels, ids, mask),
+        F.torch_logits(pt_model, pixels, ids, mask),
+        atol=1e-5,
+        rtol=0,
     )
 
 
@@ -122,21 +137,20 @@ def test_hf_llm_dir_and_reference(tmp_path, text):
 
     full = vpgtrans_jax.load(str(blip))
     cfg = full.config
+    _, trainable, _ = split_trainable(full, ["ln_vision", "query_tokens", "qformer", "projector"])
     for name, llm_source in (("ref_ox", tmp_path / "llm_ox"), ("ref_hf", llm)):
         out = tmp_path / name
-        trainable = {p: getattr(full, p) for p in ("ln_vision", "qformer", "projector")}
-        model_dir.save_model_dir(
-            {**{p: vpgtrans_jax.convert.model_dir.flat_params(v) for p, v in trainable.items()},
-             "query_tokens": np.asarray(full.query_tokens[...])},
-            str(out), cfg, sources={"vision": str(blip), "llm": str(llm_source)},
-        )
+        sources = {"vision": str(blip), "llm": str(llm_source)}
+        model_dir.save_model_dir(trainable, str(out), cfg, sources=sources)
         parts = model_dir.read_manifest(str(out))["parts"]
         assert not parts["llm"]["stored"] and not parts["vision"]["stored"]
         assert parts["qformer"]["stored"] and not os.path.exists(out / "params" / "llm")
         pixels, ids, mask = F.inputs()
         np.testing.assert_allclose(
             np.asarray(vpgtrans_jax.load(str(out))(pixels, ids, mask)),
-            np.asarray(full(pixels, ids, mask)), atol=1e-5, rtol=0,
+            np.asarray(full(pixels, ids, mask)),
+            atol=1e-5,
+            rtol=0,
         )
 
 
@@ -144,7 +158,10 @@ def test_scripts_help():
     for name in ("hf_to_orbax", "lavis_to_orbax", "orbax_to_hf", "orbax_to_lavis"):
         r = subprocess.run(
             [sys.executable, os.path.join(ROOT, "convert", f"{name}.py"), "--help"],
-            capture_output=True, text=True, cwd=ROOT, timeout=60,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
         )
         assert r.returncode == 0, r.stderr
         assert "--src" in r.stdout and "--out" in r.stdout and "--overwrite" in r.stdout

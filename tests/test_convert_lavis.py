@@ -32,8 +32,10 @@ def to_lavis(model, proj: str) -> dict[str, torch.Tensor]:
             ("vision_model.embeddings.position_embedding", "visual_encoder.pos_embed"),
             ("vision_model.embeddings.patch_embedding", "visual_encoder.patch_embed.proj"),
             ("vision_model.encoder.layers.", "visual_encoder.blocks."),
-            (".layer_norm1.", ".norm1."), (".layer_norm2.", ".norm2."),
-            ("self_attn.qkv.", "attn.qkv."), ("self_attn.projection.", "attn.proj."),
+            (".layer_norm1.", ".norm1."),
+            (".layer_norm2.", ".norm2."),
+            ("self_attn.qkv.", "attn.qkv."),
+            ("self_attn.projection.", "attn.proj."),
             ("vision_model.post_layernorm.", "ln_vision."),
             ("qformer.layernorm.", "Qformer.bert.embeddings.LayerNorm."),
             ("qformer.encoder.", "Qformer.bert.encoder."),
@@ -87,7 +89,9 @@ def test_vpgtrans_llama_with_separate_vit(tmp_path, scan):
     pt_model = F.tiny_blip2("llama", seed=12)
     lavis = to_lavis(pt_model, "llama_proj")
     trainable = {k: v for k, v in lavis.items() if not k.startswith("visual_encoder.")}
-    vit = {k[len("visual_encoder.") :]: v for k, v in lavis.items() if k.startswith("visual_encoder.")}
+    vit = {
+        k[len("visual_encoder.") :]: v for k, v in lavis.items() if k.startswith("visual_encoder.")
+    }
     for k in [k for k in vit if k.startswith("blocks.1.")]:  # EVA-CLIP has one block more
         vit[k.replace("blocks.1.", "blocks.2.")] = vit[k].clone()
     torch.save({"model": trainable}, tmp_path / "vl-llama.pth")
@@ -127,8 +131,13 @@ def test_lavis_export_to_hf_needs_image_token(tmp_path):
     pt_model.language_model.save_pretrained(tmp_path / "opt")
     pt_model.save_pretrained(tmp_path / "hf")
     ox = str(tmp_path / "ox")
-    tools.lavis_to_orbax(str(tmp_path / "b.pth"), str(tmp_path / "opt"), ox,
-                         vpg_config=str(tmp_path / "hf" / "config.json"), log=lambda s: None)
+    tools.lavis_to_orbax(
+        str(tmp_path / "b.pth"),
+        str(tmp_path / "opt"),
+        ox,
+        vpg_config=str(tmp_path / "hf" / "config.json"),
+        log=lambda s: None,
+    )
     with pytest.raises(Exception, match="--image-token-index"):
         tools.orbax_to_hf(ox, str(tmp_path / "x"), log=lambda s: None)
     assert not (tmp_path / "x").exists()
@@ -141,5 +150,7 @@ def test_lavis_export_to_hf_needs_image_token(tmp_path):
     pixels, ids, mask = F.inputs()
     np.testing.assert_allclose(  # HF's post_layernorm uses 1e-6: equal up to that eps change
         F.torch_logits(reloaded, pixels, ids, mask)[:, F.NUM_QUERY :],
-        np.asarray(vpgtrans_jax.load(ox)(pixels, ids, mask)), atol=1e-3, rtol=0,
+        np.asarray(vpgtrans_jax.load(ox)(pixels, ids, mask)),
+        atol=1e-3,
+        rtol=0,
     )

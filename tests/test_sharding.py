@@ -6,11 +6,12 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import vpgtrans_jax
-from vpgtrans_jax import torch_reference as F
 from vpgtrans_jax import sharding
+from vpgtrans_jax import torch_reference as F
 
 
 @pytest.fixture(scope="module", params=["opt", "llama"])
@@ -25,7 +26,9 @@ def _sharded_logits(path, mesh_shape, scan):
     model = vpgtrans_jax.load(path, mesh=mesh, scan_layers=scan)
     graphdef, state = nnx.split(model)
     state_sh = sharding.state_shardings(state, mesh, sharding.DEFAULT_RULES)
-    batch_sh = NamedSharding(mesh, sharding.logical_to_spec(("activation_batch",), sharding.DEFAULT_RULES, mesh))
+    batch_sh = NamedSharding(
+        mesh, sharding.logical_to_spec(("activation_batch",), sharding.DEFAULT_RULES, mesh)
+    )
 
     def fwd(state, pixels, ids, mask):
         with sharding.use_mesh(mesh):
@@ -70,8 +73,12 @@ def test_logical_to_spec_rules():
     assert sharding.logical_to_spec(("embed", "mlp"), rules, mesh) == P("fsdp", "tensor")
     # A mesh axis is used once; a non-divisible dimension stays replicated.
     assert sharding.logical_to_spec(("mlp", "heads"), rules, mesh) == P("tensor", None)
-    assert sharding.logical_to_spec(("embed", "mlp"), rules, mesh, shape=(3, 4)) == P(None, "tensor")
-    assert sharding.logical_to_spec(("activation_batch", None), rules, mesh) == P(("data", "fsdp"), None)
+    assert sharding.logical_to_spec(("embed", "mlp"), rules, mesh, shape=(3, 4)) == P(
+        None, "tensor"
+    )
+    assert sharding.logical_to_spec(("activation_batch", None), rules, mesh) == P(
+        ("data", "fsdp"), None
+    )
     assert sharding.logical_to_spec(("layers", "unknown"), rules, mesh) == P(None, None)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# Resolved lazily so that importing a light submodule (layers, data, eval) does not build every model.
+# Resolved lazily: importing a light submodule (layers, data, eval) must not build every model.
 _LAZY = {
     "load": ("vpgtrans_jax.loading", "load"),
     "VLModel": ("vpgtrans_jax.models.vl_model", "VLModel"),

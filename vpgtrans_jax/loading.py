@@ -44,7 +44,7 @@ def hf_blip2_rules(cfg: VLConfig) -> list[WeightRule]:
 
 
 def is_unused_hf_blip2_key(key: str, cfg: VLConfig) -> bool:
-    """Tensors present in HF BLIP-2 checkpoints that the query-path model legitimately never uses."""
+    """Tensors of HF BLIP-2 checkpoints that the query-path model legitimately never uses."""
     if key.startswith("qformer."):
         return qformer.is_unused_hf_key(key[len("qformer.") :])
     if key.startswith("language_model."):

@@ -22,18 +22,28 @@ def _size(text: str) -> int:
 
 
 def _common_out(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it exists (only once the new output is complete)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (only once the new output is complete)",
+    )
 
 
 def _store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help=_DTYPE_HELP)
-    p.add_argument("--scan-layers", action="store_true",
-                   help="store per-layer tensors stacked on a leading layer axis (the layout of "
-                        "scan_layers=True towers); loading converts either way")
-    p.add_argument("--group-size", type=_size, default="128MB",
-                   help="write parameters in Orbax groups of about this size; bounds memory "
-                        "(default: %(default)s)")
+    p.add_argument(
+        "--scan-layers",
+        action="store_true",
+        help="store per-layer tensors stacked on a leading layer axis (the layout of "
+        "scan_layers=True towers); loading converts either way",
+    )
+    p.add_argument(
+        "--group-size",
+        type=_size,
+        default="128MB",
+        help="write parameters in Orbax groups of about this size; bounds memory "
+        "(default: %(default)s)",
+    )
 
 
 def hf_to_orbax_parser() -> argparse.ArgumentParser:
@@ -59,25 +69,42 @@ def lavis_to_orbax_parser() -> argparse.ArgumentParser:
         "Pickles are opened with torch.load(weights_only=True) only.",
     )
     p.add_argument("--src", required=True, help="LAVIS / VPGTrans .pth checkpoint")
-    p.add_argument("--llm", required=True,
-                   help="HF LLM directory (or a vpgtrans-jax LLM/VL model directory) whose "
-                        "hidden size matches the checkpoint's projector")
+    p.add_argument(
+        "--llm",
+        required=True,
+        help="HF LLM directory (or a vpgtrans-jax LLM/VL model directory) whose "
+        "hidden size matches the checkpoint's projector",
+    )
     p.add_argument("--out", required=True, help="model directory to create")
-    p.add_argument("--vit", default=None,
-                   help="EVA ViT .pth (LAVIS eva_vit_g.pth) for checkpoints without "
-                        "visual_encoder.* tensors")
-    p.add_argument("--vpg-config", default=None,
-                   help="JSON giving the ViT and Q-Former architecture: a HF BLIP-2 config.json, "
-                        "a vpgtrans_model.json, or {'vision': {...}, 'qformer': {...}} (default: "
-                        "BLIP-2's EVA ViT-g/14 with 39 blocks and the BERT-base Q-Former)")
-    p.add_argument("--ln-vision-eps", type=float, default=1e-5,
-                   help="eps of ln_vision (LAVIS: %(default)s)")
-    p.add_argument("--reference-llm", action="store_true",
-                   help="record --llm as the LLM's source instead of copying its weights")
-    p.add_argument("--allow-unexpected", action="append", default=[], metavar="REGEX",
-                   help="skip checkpoint tensors whose full name matches REGEX (repeatable); "
-                        "known-optional ones (Q-Former text path, EVA blocks past the ViT depth, "
-                        "stage-1 heads, frozen LLM copies) are always skipped and reported")
+    p.add_argument(
+        "--vit",
+        default=None,
+        help="EVA ViT .pth (LAVIS eva_vit_g.pth) for checkpoints without visual_encoder.* tensors",
+    )
+    p.add_argument(
+        "--vpg-config",
+        default=None,
+        help="JSON giving the ViT and Q-Former architecture: a HF BLIP-2 config.json, "
+        "a vpgtrans_model.json, or {'vision': {...}, 'qformer': {...}} (default: "
+        "BLIP-2's EVA ViT-g/14 with 39 blocks and the BERT-base Q-Former)",
+    )
+    p.add_argument(
+        "--ln-vision-eps", type=float, default=1e-5, help="eps of ln_vision (LAVIS: %(default)s)"
+    )
+    p.add_argument(
+        "--reference-llm",
+        action="store_true",
+        help="record --llm as the LLM's source instead of copying its weights",
+    )
+    p.add_argument(
+        "--allow-unexpected",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="skip checkpoint tensors whose full name matches REGEX (repeatable); "
+        "known-optional ones (Q-Former text path, EVA blocks past the ViT depth, "
+        "stage-1 heads, frozen LLM copies) are always skipped and reported",
+    )
     _store_flags(p)
     _common_out(p)
     return p
@@ -92,13 +119,25 @@ def orbax_to_hf_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--src", required=True, help="vpgtrans-jax model directory")
     p.add_argument("--out", required=True, help="HF directory to create")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="cast tensors to this dtype (default: as stored)")
-    p.add_argument("--image-token-index", type=int, default=None,
-                   help="id of the image placeholder token (default: the one recorded from the "
-                        "source HF BLIP-2; required otherwise)")
-    p.add_argument("--max-shard-size", type=_size, default="5GB",
-                   help="largest safetensors shard (default: %(default)s)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="cast tensors to this dtype (default: as stored)",
+    )
+    p.add_argument(
+        "--image-token-index",
+        type=int,
+        default=None,
+        help="id of the image placeholder token (default: the one recorded from the "
+        "source HF BLIP-2; required otherwise)",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        type=_size,
+        default="5GB",
+        help="largest safetensors shard (default: %(default)s)",
+    )
     _common_out(p)
     return p
 
@@ -112,10 +151,18 @@ def orbax_to_lavis_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--src", required=True, help="vpgtrans-jax model directory")
     p.add_argument("--out", required=True, help=".pth file to create")
-    p.add_argument("--proj-name", choices=["opt_proj", "llama_proj"], default=None,
-                   help="projector key (default: the one converted from, else by LLM type)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="cast tensors to this dtype (default: as stored)")
+    p.add_argument(
+        "--proj-name",
+        choices=["opt_proj", "llama_proj"],
+        default=None,
+        help="projector key (default: the one converted from, else by LLM type)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="cast tensors to this dtype (default: as stored)",
+    )
     _common_out(p)
     return p
 

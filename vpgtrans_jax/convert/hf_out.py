@@ -1,4 +1,4 @@
-"""Writing Hugging Face BLIP-2 directories: ``config.json`` from our configs, sharded safetensors."""
+"""Writing HF BLIP-2 directories: ``config.json`` from our configs, safetensors shards."""
 
 from __future__ import annotations
 

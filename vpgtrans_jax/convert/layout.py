@@ -94,15 +94,15 @@ _L = r"(\d+|\{i\})"  # a layer index, or the {i} of a rule template
 _HF_TO_LAVIS: list[tuple[str, str]] = [
     (r"vision_model\.embeddings\.class_embedding", "visual_encoder.cls_token"),
     (r"vision_model\.embeddings\.position_embedding", "visual_encoder.pos_embed"),
-    (r"vision_model\.embeddings\.patch_embedding\.(weight|bias)", r"visual_encoder.patch_embed.proj.\1"),
-    (rf"vision_model\.encoder\.layers\.{_L}\.layer_norm([12])\.(weight|bias)", r"visual_encoder.blocks.\1.norm\2.\3"),
-    (rf"vision_model\.encoder\.layers\.{_L}\.self_attn\.qkv\.weight", r"visual_encoder.blocks.\1.attn.qkv.weight"),
-    (rf"vision_model\.encoder\.layers\.{_L}\.self_attn\.projection\.(weight|bias)", r"visual_encoder.blocks.\1.attn.proj.\2"),
-    (rf"vision_model\.encoder\.layers\.{_L}\.mlp\.(fc[12])\.(weight|bias)", r"visual_encoder.blocks.\1.mlp.\2.\3"),
+    (r"vision_model\.embeddings\.patch_embedding\.(weight|bias)", r"visual_encoder.patch_embed.proj.\1"),  # noqa: E501
+    (rf"vision_model\.encoder\.layers\.{_L}\.layer_norm([12])\.(weight|bias)", r"visual_encoder.blocks.\1.norm\2.\3"),  # noqa: E501
+    (rf"vision_model\.encoder\.layers\.{_L}\.self_attn\.qkv\.weight", r"visual_encoder.blocks.\1.attn.qkv.weight"),  # noqa: E501
+    (rf"vision_model\.encoder\.layers\.{_L}\.self_attn\.projection\.(weight|bias)", r"visual_encoder.blocks.\1.attn.proj.\2"),  # noqa: E501
+    (rf"vision_model\.encoder\.layers\.{_L}\.mlp\.(fc[12])\.(weight|bias)", r"visual_encoder.blocks.\1.mlp.\2.\3"),  # noqa: E501
     (r"vision_model\.post_layernorm\.(weight|bias)", r"ln_vision.\1"),
     (r"query_tokens", "query_tokens"),
     (r"qformer\.layernorm\.(weight|bias)", r"Qformer.bert.embeddings.LayerNorm.\1"),
-    (rf"qformer\.encoder\.layer\.{_L}\.(attention|crossattention)\.attention\.(.*)", r"Qformer.bert.encoder.layer.\1.\2.self.\3"),
+    (rf"qformer\.encoder\.layer\.{_L}\.(attention|crossattention)\.attention\.(.*)", r"Qformer.bert.encoder.layer.\1.\2.self.\3"),  # noqa: E501
     (rf"qformer\.encoder\.layer\.{_L}\.(.*)", r"Qformer.bert.encoder.layer.\1.\2"),
     (r"language_projection\.(weight|bias)", r"{proj}.\1"),
 ]  # fmt: skip

@@ -77,21 +77,30 @@ class ModelSpec:
         return {"llm_type": self.llm_type, "llm": dataclasses.asdict(self.llm)}
 
     def replace_towers(self, **overrides: Any) -> ModelSpec:
-        """Applies ``overrides`` (e.g. ``scan_layers=True``) to every tower config."""
-        if not overrides:
+        """Applies run-knob overrides (e.g. ``scan_layers=True``) to the tower configs.
+
+        Plain keywords apply to every tower; ``vision=``, ``qformer=``, ``llm=`` dicts apply to
+        one tower and win over the plain ones.
+        """
+        per = {
+            t: dict(overrides.pop(t) or {}) for t in ("vision", "qformer", "llm") if t in overrides
+        }
+        if not overrides and not per:
             return self
 
-        def rep(c):
+        def rep(c, tower: str):
+            kw = {**overrides, **per.get(tower, {})}
             names = {f.name for f in dataclasses.fields(c)}
-            bad = sorted(set(overrides) - names)
+            bad = sorted(set(kw) - names)
             if bad:
                 raise ValueError(f"unknown {type(c).__name__} override(s) {bad}")
-            return dataclasses.replace(c, **overrides)
+            return dataclasses.replace(c, **kw)
 
         if self.vl is None:
-            return ModelSpec.llm_only(rep(self.llm))
-        vl = self.vl.replace(vision=rep(self.vl.vision), qformer=rep(self.vl.qformer),
-                             llm=rep(self.vl.llm))  # fmt: skip
+            return ModelSpec.llm_only(rep(self.llm, "llm"))
+        vl = self.vl.replace(vision=rep(self.vl.vision, "vision"),
+                             qformer=rep(self.vl.qformer, "qformer"),
+                             llm=rep(self.vl.llm, "llm"))  # fmt: skip
         return ModelSpec.of(vl)
 
     def hf_rules(self, parts: Iterable[str]) -> list[weights.WeightRule]:
@@ -152,7 +161,7 @@ def llm_config_from_hf(hf: Mapping[str, Any], where: str, **overrides: Any) -> L
 
 
 def open_hf_llm(directory: str) -> TensorSource:
-    """A HF LLM directory's weights; base-model files (``decoder.*``, ``layers.*``) get ``model.``."""
+    """A HF LLM directory's weights; base-model keys (``decoder.*``, ``layers.*``) get ``model.``"""
     src = open_hf_weights(directory)
     keys = src.keys()
     if keys and not any(k.startswith("model.") for k in keys):

@@ -1,4 +1,4 @@
-"""Tensor sources read one shard at a time: safetensors and torch ``.bin`` directories, ``.pth`` files.
+"""Tensor sources read one shard at a time: safetensors and ``.bin`` directories, ``.pth`` files.
 
 A source lists its tensors grouped by shard (``shards()``), reads one tensor as a numpy array
 (``read``) and forgets a shard once it is converted (``release``), so a conversion holds at most one
@@ -35,6 +35,7 @@ class TensorSource:
     """
 
     name: str = "source"
+    random_access: bool = False  # reading any tensor at any time costs only that tensor
 
     def shards(self) -> list[tuple[str, list[str]]]:
         """``(shard file, keys in it)`` in reading order."""
@@ -120,6 +121,7 @@ class SafetensorsDir(TensorSource):
             self._order = ["model.safetensors"]
             self._keys = {"model.safetensors": list(self._open("model.safetensors").entries)}
         self._where = {k: s for s, ks in self._keys.items() for k in ks}
+        self.random_access = True
         self._files: dict[str, SafetensorsFileReader] = {}
 
     def _open(self, shard: str) -> SafetensorsFileReader:
@@ -192,6 +194,7 @@ class MappingSource(TensorSource):
 
     def __init__(self, mapping: Mapping[str, Any], name: str):
         self._m, self.name = mapping, name
+        self.random_access = True
 
     def shards(self) -> list[tuple[str, list[str]]]:
         return [(self.name, list(self._m))]
@@ -205,6 +208,7 @@ class RenamedSource(TensorSource):
 
     def __init__(self, base: TensorSource, rename: Callable[[str], str | None]):
         self.base, self.name = base, base.name
+        self.random_access = base.random_access
         self._to_base: dict[str, str] = {}
         self._shards = []
         for shard, keys in base.shards():
@@ -232,6 +236,7 @@ class ChainSource(TensorSource):
     def __init__(self, sources: Iterable[TensorSource]):
         self.sources = list(sources)
         self.name = " + ".join(s.name for s in self.sources)
+        self.random_access = all(s.random_access for s in self.sources)
         self._owner: dict[str, TensorSource] = {}
         for s in self.sources:
             for k in s.keys():

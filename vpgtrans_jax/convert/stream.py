@@ -92,21 +92,31 @@ def import_tensors(
                 covered.setdefault(hf, set()).add(r.chunk)
     stacks: dict[str, tuple[np.ndarray, set[int]]] = {}
     report = ImportReport(used=set(needed), skipped=skipped)
+
+    def convert(key: str, targets: list[tuple[WeightRule, str, int | None]]) -> None:
+        t = source.read(key)
+        if not is_float(t.dtype):
+            raise CheckpointError(
+                f"{source.name}: tensor {key!r} has dtype {t.dtype}, expected a floating "
+                "point tensor"
+            )
+        if key in covered:
+            _check_uncovered_chunks_zero(source.name, key, t, uses[key][0][0], covered[key])
+        for rule, ours, layer in targets:
+            _convert_one(source.name, key, t, rule, ours, layer, expected, stacks, emit)
+
+    stacked = [r for r in rules if r.stacked]
+    if stacked and source.random_access:
+        # Fill one stacked parameter at a time (its layers span all shards), so only one
+        # [L, ...] buffer is ever held; per-layer reads are cheap on a random-access source.
+        for r in stacked:
+            for ours, hf, layer in expand(r):
+                convert(hf, [(r, ours, layer)])
+        uses = {k: [u for u in us if not u[0].stacked] for k, us in uses.items()}
     for shard, keys in source.shards():
         for key in keys:
-            if key not in uses:
-                continue
-            t = source.read(key)
-            if not is_float(t.dtype):
-                raise CheckpointError(
-                    f"{source.name}: tensor {key!r} has dtype {t.dtype}, expected a floating "
-                    "point tensor"
-                )
-            if key in covered:
-                _check_uncovered_chunks_zero(source.name, key, t, uses[key][0][0], covered[key])
-            for rule, ours, layer in uses[key]:
-                _convert_one(source.name, key, t, rule, ours, layer, expected, stacks, emit)
-            del t
+            if uses.get(key):
+                convert(key, uses[key])
         source.release(shard)
     if stacks:
         raise CheckpointError(f"{source.name}: incomplete layer stacks for {sorted(stacks)[:5]}")

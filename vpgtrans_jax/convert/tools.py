@@ -186,8 +186,13 @@ def lavis_to_orbax(
     else:
         llm_cfg = dataclasses.replace(model_dir.read_spec(llm).llm, **over)
     vision, qformer = vpg_configs(vpg_config, **over)
-    cfg = VLConfig(vision=vision, qformer=qformer, llm=llm_cfg,
-                   num_query_tokens=int(sd["query_tokens"].shape[1]), ln_vision_eps=ln_vision_eps)
+    cfg = VLConfig(
+        vision=vision,
+        qformer=qformer,
+        llm=llm_cfg,
+        num_query_tokens=int(sd["query_tokens"].shape[1]),
+        ln_vision_eps=ln_vision_eps,
+    )
 
     out_dim, in_dim = (int(s) for s in sd[f"{proj}.weight"].shape)
     if out_dim != llm_cfg.input_embed_dim:
@@ -205,7 +210,9 @@ def lavis_to_orbax(
     if any(k.startswith("visual_encoder.") for k in sd):
         source, vit_from = main, src
         if vit is not None:
-            log(f"note: {src} holds visual_encoder.*; it is used and --vit is ignored (as in LAVIS)")
+            log(
+                f"note: {src} holds visual_encoder.*; it is used and --vit is ignored (as in LAVIS)"
+            )
     elif vit is not None:
         vit_sd = _unwrap(load_torch_pickle(vit), vit)
         vit_source = RenamedSource(MappingSource(vit_sd, vit), lambda k: "visual_encoder." + k)
@@ -218,8 +225,8 @@ def lavis_to_orbax(
     spec = ModelSpec.of(cfg)
     rules = layout.lavis_rules(cfg, ["vision", *layout.VPG_PARTS], proj)
     patterns = [re.compile(p) for p in allow_unexpected]
-    optional = lambda k: layout.is_optional_lavis_key(k, cfg) or any(
-        p.fullmatch(k) for p in patterns
+    optional = lambda k: (
+        layout.is_optional_lavis_key(k, cfg) or any(p.fullmatch(k) for p in patterns)
     )
     expected = spec.expected()
     skipped: list[str] = []

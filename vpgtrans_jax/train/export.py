@@ -1,9 +1,16 @@
-"""Trained-part exports: what a stage hands to the next one (``config.model.vpg_init``).
+"""What a stage hands to the next one (``config.model.vpg_init``) and to evaluation.
 
-An export directory holds ``export.json`` (format, the model config, which modules it holds,
-where the frozen towers came from, training provenance) and ``params/`` (an Orbax checkpoint of
-``{module_name: pure param dict}`` for e.g. ``ln_vision``, ``query_tokens``, ``qformer``,
-``projector``). Frozen towers are referenced, never copied.
+Two directory kinds:
+
+- the end-of-training export, ``<workdir>/export``: a model directory
+  (``vpgtrans_jax.convert.model_dir``) storing the VPG parts (ln_vision, query tokens, Q-Former,
+  projector) and referencing the frozen ViT and LLM to ``config.model.path`` (random-init tiny
+  runs store them too). ``vpgtrans_jax.load`` opens it as a whole model.
+- a parts export (``export_trained_parts``; written by ``scripts/merge_projector.py`` and the tiny
+  LLM cache): ``export.json`` (format, which modules, provenance) and ``params/`` (an Orbax
+  checkpoint of ``{module_name: pure param dict}``).
+
+``apply_vpg_init`` reads either kind.
 """
 
 from __future__ import annotations
@@ -84,15 +91,48 @@ def read_export(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return info, jax.tree.map(np.asarray, restored)
 
 
+VPG_PARTS = ("ln_vision", "query_tokens", "qformer", "projector")
+
+
+def export_model_dir(
+    model: nnx.Module, out_dir: str, *, pretrained_path: str | None, created_by: str
+) -> str:
+    """Writes ``model`` as a model directory: VPG parts stored, ViT/LLM referenced when possible."""
+    from vpgtrans_jax.convert.model_dir import save_model_dir
+
+    stored = list(VPG_PARTS) + ([] if pretrained_path else ["vision", "llm"])
+    params = {
+        part: _pure(nnx.state(getattr(model, part))) for part in stored if part != "query_tokens"
+    }
+    params["query_tokens"] = np.asarray(model.query_tokens.get_value())
+    sources = {"vision": pretrained_path, "llm": pretrained_path} if pretrained_path else None
+    save_model_dir(params, out_dir, model.config, sources, overwrite=True, created_by=created_by)
+    return out_dir
+
+
+def _read_vpg_parts(path: str, model: nnx.Module) -> dict[str, Any]:
+    """``{module: pure dict}`` from a model directory or a parts export, in ``model``'s layout."""
+    from vpgtrans_jax.convert import model_dir
+
+    if model_dir.is_model_dir(path):
+        cfg = model.config
+        return model_dir.load_params(
+            path,
+            parts=VPG_PARTS,
+            qformer={"scan_layers": cfg.qformer.scan_layers},
+        )
+    from vpgtrans_jax.transfer.merge import load_vpg_init
+
+    return load_vpg_init(path, qformer_scan_layers=model.config.qformer.scan_layers)
+
+
 def apply_vpg_init(model: nnx.Module, path: str, mesh: Mesh, rules: sharding.Rules) -> list[str]:
     """Replaces the modules an export holds inside ``model`` (in place); returns their names.
 
     Shapes must match the model exactly (a projector exported for another LLM width is an error);
     a Q-Former stored in the other layer layout (scanned vs not) is converted.
     """
-    from vpgtrans_jax.transfer.merge import load_vpg_init
-
-    parts = load_vpg_init(path, qformer_scan_layers=model.config.qformer.scan_layers)
+    parts = _read_vpg_parts(path, model)
     for name, pure in parts.items():
         if not hasattr(model, name):
             raise ValueError(f"{path}: export holds module {name!r} that the model does not have")

@@ -127,7 +127,6 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     )
 
     model, model_source = build_model(c, mesh, tokenizer_dir)
-    model_config = model.config
     graphdef, params, frozen = optim.split_trainable(model, tuple(c.trainable))
     del model
     schedule = optim.make_schedule(
@@ -244,18 +243,15 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
         bar.close()
     export_dir = None
     if stopped_by is None and c.export_final and is_main:
-        from vpgtrans_jax.train.export import export_trained_parts
+        from flax import nnx
 
-        export_dir = export_trained_parts(
-            state.params,
+        from vpgtrans_jax.train.export import export_model_dir
+
+        export_dir = export_model_dir(
+            nnx.merge(graphdef, state.params, frozen),
             os.path.join(workdir, "export"),
-            {
-                "model_source": model_source,
-                "stage": c.stage,
-                "step": step,
-                "vl_config": model_config.to_dict(),
-                "qformer_scan_layers": model_config.qformer.scan_layers,
-            },
+            pretrained_path=model_source.get("path"),
+            created_by=f"scripts/train.py (stage {c.stage}, step {step})",
         )
     summary = {
         "stage": c.stage,
