@@ -86,3 +86,22 @@ def test_pad_falls_back_to_eos_and_errors():
         text.pad_id(Nothing())
     with pytest.raises(ValueError, match="example 1 has keys"):
         text.collate([{"a": np.zeros(2)}, {"b": np.zeros(2)}])
+
+
+def test_image_placeholder_prompt_splits_like_minigpt4(tmp_path):
+    from vpgtrans_jax.data import local_tokenizer
+
+    local_tokenizer.train_tokenizer(
+        ["a red circle", "###Human: <Img></Img> describe ###Assistant:"] * 20, str(tmp_path), 300
+    )
+    tok = text.load_tokenizer(str(tmp_path))
+    prompt = "###Human: <Img><ImageHere></Img> describe ###Assistant: "
+    row = text.encode_train(tok, "a red circle", 48, prompt, "###")
+    head = tok("###Human: <Img>", add_special_tokens=True)["input_ids"]
+    after = tok("</Img> describe ###Assistant: ", add_special_tokens=False)["input_ids"]
+    target = tok("a red circle###", add_special_tokens=False)["input_ids"]
+    n = len(head) + len(after) + len(target)
+    assert int(row["image_offset"]) == len(head)
+    assert list(row["input_ids"][:n]) == head + after + target
+    assert (row["labels"][: len(head) + len(after)] == text.IGNORE_INDEX).all()
+    assert list(row["labels"][len(head) + len(after) : n]) == target

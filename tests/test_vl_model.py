@@ -106,3 +106,49 @@ def test_jit_matches_eager(saved):
     np.testing.assert_allclose(
         np.asarray(fwd(state, pixels, ids, mask)), np.asarray(model(pixels, ids, mask)), atol=1e-5
     )
+
+
+def test_soft_prompt_inside_the_text_matches_pytorch(saved):
+    """Stage-3 template: image tokens after k text tokens (HF scatters them wherever they are)."""
+    _, pt_model, path = saved
+    model = vpgtrans_jax.load(path)
+    pixels, ids, mask = F.inputs()
+    offsets = np.array([2, 3], np.int32)
+    q, t = F.NUM_QUERY, ids.shape[1]
+    rows = []
+    for b, k in enumerate(offsets):
+        rows.append(np.concatenate([ids[b, :k], np.full(q, F.IMAGE_TOKEN), ids[b, k:]]))
+    pt_ids = torch.from_numpy(np.stack(rows)).long()
+    pt_mask = torch.from_numpy(
+        np.stack(
+            [np.concatenate([mask[b, :k], np.ones(q), mask[b, k:]]) for b, k in enumerate(offsets)]
+        )
+    ).long()
+    with torch.no_grad():
+        full = pt_model(
+            pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2),
+            input_ids=pt_ids,
+            attention_mask=pt_mask,
+        ).logits.numpy()
+    text_pos = [np.concatenate([np.arange(k), np.arange(k + q, q + t)]) for k in offsets]
+    ref = np.stack([full[b, text_pos[b]] for b in range(2)])
+    ours = np.asarray(model(pixels, ids, mask, image_offsets=jnp.asarray(offsets)))
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+    labels = np.where(mask == 1, ids, IGNORE_INDEX)
+    loss, aux = model.loss(pixels, ids, mask, labels, image_offsets=jnp.asarray(offsets))
+    preds, tgts = [], []
+    for b in range(2):
+        for i in range(t):
+            src = text_pos[b][i] - 1
+            if src >= 0 and labels[b, i] != IGNORE_INDEX:
+                preds.append(full[b, src])
+                tgts.append(labels[b, i])
+    ref_loss = torch.nn.functional.cross_entropy(
+        torch.tensor(np.stack(preds)), torch.tensor(np.array(tgts, np.int64))
+    )
+    assert int(aux["num_tokens"]) == len(tgts)
+    np.testing.assert_allclose(float(loss), float(ref_loss), atol=1e-5)
+    # Offsets of 0 are the ordinary prepended prompt.
+    zero = np.asarray(model(pixels, ids, mask, image_offsets=jnp.zeros(2, jnp.int32)))
+    np.testing.assert_allclose(zero, np.asarray(model(pixels, ids, mask)), atol=1e-6)

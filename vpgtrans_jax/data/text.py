@@ -44,6 +44,13 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
+IMAGE_PLACEHOLDER = "<ImageHere>"
+
+
+def _plain_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
 def encode_train(
     tokenizer: Any, text: str, max_len: int, prompt: str = "", end: str = "\n"
 ) -> dict[str, np.ndarray]:
@@ -51,10 +58,28 @@ def encode_train(
 
     ``prompt`` tokens (with BOS) get label -100; so does padding. BOS is a target when there is
     no prompt, as in the original (it is predicted from the last visual query position).
+
+    A prompt containing ``<ImageHere>`` (the MiniGPT-4 / VL-Vicuna stage-3 template) places the
+    soft prompt there: as in MiniGPT-4, the part before it is tokenised with BOS, the part after
+    it and the target without special tokens, and ``image_offset`` (int32 scalar) says how many
+    text tokens precede the image.
     """
+    if IMAGE_PLACEHOLDER in prompt:
+        before, after = prompt.split(IMAGE_PLACEHOLDER, 1)
+        head = _ids(tokenizer, before)
+        prompt_ids = head + _plain_ids(tokenizer, after)
+        ids = (prompt_ids + _plain_ids(tokenizer, text + end))[:max_len]
+        out = _pack(tokenizer, ids, len(prompt_ids), max_len)
+        out["image_offset"] = np.int32(min(len(head), max_len))
+        return out
     ids = _ids(tokenizer, prompt + text + end)[:max_len]
-    n = len(ids)
     prompt_len = len(_ids(tokenizer, prompt)) if prompt else 0
+    return _pack(tokenizer, ids, prompt_len, max_len)
+
+
+def _pack(tokenizer: Any, ids: list[int], prompt_len: int, max_len: int) -> dict[str, np.ndarray]:
+    """Right-pads ``ids`` to ``max_len``; labels -100 on the prompt and the padding."""
+    n = len(ids)
     input_ids = np.full(max_len, pad_id(tokenizer), np.int32)
     input_ids[:n] = ids
     mask = np.zeros(max_len, np.int32)

@@ -225,17 +225,54 @@ class VLModel(nnx.Module):
         q_mask = jnp.ones(prompt.shape[:2], dtype=attention_mask.dtype)
         return embeds, jnp.concatenate([q_mask, attention_mask], axis=1)
 
+    def insert_prompt(
+        self,
+        prompt: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        image_offsets: jax.Array,
+    ) -> tuple[jax.Array, jax.Array]:
+        """[text[:k] ; soft prompt ; text[k:]] per row (k = ``image_offsets[b]``), and its mask.
+
+        The MiniGPT-4 / VL-Vicuna template puts the image inside the prompt
+        (``###Human: <Img><ImageHere></Img> ...``). Returns float[B, Q+T, E], int[B, Q+T].
+        """
+        q, t = prompt.shape[1], input_ids.shape[1]
+        text = self.llm.embed(input_ids).astype(prompt.dtype)
+        pos = jnp.arange(q + t)[None, :]
+        k = image_offsets.astype(jnp.int32)[:, None]
+        is_image = (pos >= k) & (pos < k + q)
+        text_idx = jnp.clip(jnp.where(pos < k, pos, pos - q), 0, t - 1)
+        image_idx = jnp.clip(pos - k, 0, q - 1)
+        take = lambda a, idx: jnp.take_along_axis(a, idx[..., None], axis=1)
+        embeds = jnp.where(is_image[..., None], take(prompt, image_idx), take(text, text_idx))
+        mask = jnp.where(is_image, 1, jnp.take_along_axis(attention_mask, text_idx, axis=1))
+        return embeds, mask.astype(attention_mask.dtype)
+
+    def text_positions(self, t: int, image_offsets: jax.Array | None, batch: int) -> jax.Array:
+        """int[B, T]: where text token ``t`` sits in the LLM sequence."""
+        q = self.config.num_query_tokens
+        idx = jnp.arange(t)[None, :]
+        if image_offsets is None:
+            return jnp.broadcast_to(idx + q, (batch, t))
+        return idx + q * (idx >= image_offsets.astype(jnp.int32)[:, None])
+
     def hidden_states(
         self,
         pixel_values: jax.Array,
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
+        image_offsets: jax.Array | None = None,
     ) -> jax.Array:
-        """Final LLM hidden states over [soft prompt ; text]: float[B, Q + T, E]."""
+        """Final LLM hidden states over [soft prompt ; text] (or the prompt inserted at
+        ``image_offsets``): float[B, Q + T, E]."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         prompt = self.soft_prompt(pixel_values)
-        embeds, mask = self.prepend_prompt(prompt, input_ids, attention_mask)
+        if image_offsets is None:
+            embeds, mask = self.prepend_prompt(prompt, input_ids, attention_mask)
+        else:
+            embeds, mask = self.insert_prompt(prompt, input_ids, attention_mask, image_offsets)
         hidden, _ = self.llm.hidden_states(embeds, mask)
         return hidden
 
@@ -246,6 +283,7 @@ class VLModel(nnx.Module):
         pixel_values: jax.Array,
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
+        image_offsets: jax.Array | None = None,
     ) -> jax.Array:
         """Text logits.
 
@@ -253,11 +291,16 @@ class VLModel(nnx.Module):
           pixel_values: float32[B, H, W, 3], normalised.
           input_ids: int[B, T] text tokens (no image placeholders).
           attention_mask: int[B, T] (1 = real token); defaults to all ones.
+          image_offsets: optional int[B]; the soft prompt goes after that many text tokens
+            (default: before the text).
 
         Returns:
           float[B, T, vocab]: the LLM's logits at the text positions.
         """
-        hidden = self.hidden_states(pixel_values, input_ids, attention_mask)
+        hidden = self.hidden_states(pixel_values, input_ids, attention_mask, image_offsets)
+        if image_offsets is not None:
+            pos = self.text_positions(input_ids.shape[1], image_offsets, input_ids.shape[0])
+            return self.llm.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
         q = self.config.num_query_tokens
         return self.llm.logits(hidden[:, q:])
 
@@ -332,6 +375,7 @@ class VLModel(nnx.Module):
         attention_mask: jax.Array,
         labels: jax.Array,
         prompt_lengths: jax.Array | None = None,
+        image_offsets: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Mean next-token cross-entropy over the text tokens (LAVIS semantics).
 
@@ -343,14 +387,21 @@ class VLModel(nnx.Module):
           labels: int[B, T]; ``-100`` is ignored (padding, and the prompt when masked by the data).
           prompt_lengths: optional int[B]; the first ``prompt_lengths[b]`` text tokens are also
             ignored (a text prompt prefix such as "a photo of").
+          image_offsets: optional int[B]; soft prompt after that many text tokens (stage 3).
 
         Returns:
           (scalar loss, {"num_tokens": int32 scalar, "nll_sum": float32 scalar}).
         """
-        hidden = self.hidden_states(pixel_values, input_ids, attention_mask)
+        hidden = self.hidden_states(pixel_values, input_ids, attention_mask, image_offsets)
         q = self.config.num_query_tokens
-        t = input_ids.shape[1]
-        logits = self.llm.logits(hidden[:, q - 1 : q + t - 1])
+        b, t = input_ids.shape
+        if image_offsets is None:
+            logits = self.llm.logits(hidden[:, q - 1 : q + t - 1])
+        else:
+            src = self.text_positions(t, image_offsets, b) - 1  # predicting position
+            labels = jnp.where(src >= 0, labels, IGNORE_INDEX)
+            gathered = jnp.take_along_axis(hidden, jnp.maximum(src, 0)[..., None], axis=1)
+            logits = self.llm.logits(gathered)
         if prompt_lengths is not None:
             keep = jnp.arange(t)[None, :] >= prompt_lengths[:, None]
             labels = jnp.where(keep, labels, IGNORE_INDEX)

@@ -19,7 +19,7 @@ from vpgtrans_jax.train.builder import build_model, rules_of
 from vpgtrans_jax.train.config_base import validate
 from vpgtrans_jax.train.data_setup import build_sources, build_train_iterator
 from vpgtrans_jax.train.metrics_writer import MetricsLogger
-from vpgtrans_jax.train.step import TrainState, jit_train_step, make_train_step
+from vpgtrans_jax.train.step import BATCH_KEYS, TrainState, jit_train_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +197,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
         while step < steps:
             host_batch = next(data_it)
             batch = {
-                k: v
-                for k, v in make_global_batch(host_batch, mesh).items()
-                if k in ("pixel_values", "input_ids", "attention_mask", "labels")
+                k: v for k, v in make_global_batch(host_batch, mesh).items() if k in BATCH_KEYS
             }
             if flops_per_step is None:
                 flops_per_step = _step_flops(step_fn, state, frozen, batch)

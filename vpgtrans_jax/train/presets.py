@@ -148,7 +148,7 @@ def finetune_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-INSTRUCT_PROMPT = "###Human: <Img></Img> Describe this image in detail. ###Assistant: "
+INSTRUCT_PROMPT = "###Human: <Img><ImageHere></Img> Describe this image in detail. ###Assistant: "
 
 
 def instruct_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

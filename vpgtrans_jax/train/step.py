@@ -21,7 +21,7 @@ from vpgtrans_jax import sharding
 
 Batch = dict[str, jax.Array]
 
-BATCH_KEYS = ("pixel_values", "input_ids", "attention_mask", "labels")
+BATCH_KEYS = ("pixel_values", "input_ids", "attention_mask", "labels", "image_offset")
 
 
 @struct.dataclass
@@ -88,6 +88,7 @@ def make_train_step(
             micro["attention_mask"],
             micro["labels"],
             prompt_lengths=micro.get("prompt_lengths"),
+            image_offsets=micro.get("image_offset"),
         )
         return aux["nll_sum"], aux["num_tokens"]
 
