@@ -34,7 +34,13 @@ class CheckpointError(ValueError):
 
 
 class SafetensorsFile(Mapping[str, np.ndarray]):
-    """Lazy read-only mapping ``name -> np.ndarray`` over one ``.safetensors`` file."""
+    """Lazy read-only mapping ``name -> np.ndarray`` over one ``.safetensors`` file.
+
+    The header is validated up front (every tensor's byte range must lie inside the file and
+    agree with its shape and dtype), so truncated or corrupt files fail before anything is
+    converted. A tensor is read only when asked for, into a fresh array: nothing else of the file
+    stays resident.
+    """
 
     def __init__(self, path: str):
         self.path = path
@@ -43,45 +49,60 @@ class SafetensorsFile(Mapping[str, np.ndarray]):
             with open(path, "rb") as f:
                 raw = f.read(8)
                 if len(raw) != 8:
-                    raise CheckpointError(f"{path}: file too short to be safetensors")
-                (header_len,) = struct.unpack("<Q", raw)
-                if header_len > size - 8:
-                    raise CheckpointError(f"{path}: header length {header_len} exceeds file size")
-                header = json.loads(f.read(header_len))
+                    raise CheckpointError(f"{path}: file too short to be safetensors (truncated?)")
+                (n,) = struct.unpack("<Q", raw)
+                if n > size - 8:
+                    raise CheckpointError(
+                        f"{path}: header length {n} exceeds the file size {size} (truncated or "
+                        "not a safetensors file)"
+                    )
+                header = json.loads(f.read(n))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-        self.metadata = header.pop("__metadata__", {}) or {}
-        self._header = header
-        self._data_start = 8 + header_len
-        data_len = size - self._data_start
-        for name, info in header.items():
-            begin, end = info["data_offsets"]
-            if end > data_len:
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._start = 8 + n
+        data_len = size - self._start
+        self.entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
+        for key, info in header.items():
+            try:
+                begin, end = (int(x) for x in info["data_offsets"])
+                dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+                shape = tuple(int(s) for s in info["shape"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: bad header entry for {key!r} ({e})") from e
+            if end > data_len or end - begin != dtype.itemsize * int(np.prod(shape)):
                 raise CheckpointError(
-                    f"{path}: tensor {name!r} ends at byte {end} but the data section has only "
-                    f"{data_len} bytes (truncated file?)"
+                    f"{path}: tensor {key!r} needs bytes {begin}:{end} but the data section has "
+                    f"{data_len} bytes or the size disagrees with its shape (truncated or corrupt)"
                 )
-            if info["dtype"] not in _ST_DTYPES:
-                raise CheckpointError(
-                    f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}"
-                )
-        self._mmap = np.memmap(path, dtype=np.uint8, mode="r") if header else None
+            self.entries[key] = (dtype, shape, begin, end)
 
-    def __getitem__(self, name: str) -> np.ndarray:
-        info = self._header[name]
-        begin, end = info["data_offsets"]
-        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-        buf = self._mmap[self._data_start + begin : self._data_start + end]
-        return buf.view(dtype).reshape(info["shape"])
+    def read(self, key: str) -> np.ndarray:
+        dtype, shape, begin, end = self.entries[key]
+        out = np.empty(shape, dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self.path, "rb") as f:
+            f.seek(self._start + begin)
+            got = f.readinto(view)
+        if end - begin and got != end - begin:
+            raise CheckpointError(f"{self.path}: short read for {key!r} (truncated file?)")
+        return out
+
+    __getitem__ = read
+
+    def __contains__(self, key: object) -> bool:  # without reading the tensor
+        return key in self.entries
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._header[name]["shape"])
+        return self.entries[name][1]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._header)
+        return iter(self.entries)
 
     def __len__(self) -> int:
-        return len(self._header)
+        return len(self.entries)
 
 
 class ShardedCheckpoint(Mapping[str, np.ndarray]):
@@ -121,6 +142,9 @@ class ShardedCheckpoint(Mapping[str, np.ndarray]):
         if name not in f:
             raise CheckpointError(f"{f.path}: index says it holds {name!r} but it does not")
         return f[name]
+
+    def __contains__(self, key: object) -> bool:  # without reading the tensor
+        return key in self._where
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)

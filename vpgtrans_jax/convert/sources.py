@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -19,12 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from vpgtrans_jax.checkpoint_io import CheckpointError
-
-_ST_DTYPES: dict[str, Any] = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}  # fmt: skip
+from vpgtrans_jax.checkpoint_io import SafetensorsFile as SafetensorsFileReader
 
 
 class TensorSource:
@@ -53,58 +47,6 @@ class TensorSource:
 
     def shard_of(self) -> dict[str, str]:
         return {k: s for s, ks in self.shards() for k in ks}
-
-
-class SafetensorsFileReader:
-    """Header of one ``.safetensors`` file; tensors read on demand with ``os.pread``."""
-
-    def __init__(self, path: str):
-        self.path = path
-        try:
-            size = os.path.getsize(path)
-            with open(path, "rb") as f:
-                raw = f.read(8)
-                if len(raw) != 8:
-                    raise CheckpointError(f"{path}: file too short to be safetensors (truncated?)")
-                (n,) = struct.unpack("<Q", raw)
-                if n > size - 8:
-                    raise CheckpointError(
-                        f"{path}: header length {n} exceeds the file size {size} (truncated or "
-                        "not a safetensors file)"
-                    )
-                header = json.loads(f.read(n))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-        if not isinstance(header, dict):
-            raise CheckpointError(f"{path}: safetensors header is not a JSON object")
-        header.pop("__metadata__", None)
-        self._start = 8 + n
-        data_len = size - self._start
-        self.entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
-        for key, info in header.items():
-            try:
-                begin, end = (int(x) for x in info["data_offsets"])
-                dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-                shape = tuple(int(s) for s in info["shape"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(f"{path}: bad header entry for {key!r} ({e})") from e
-            if end > data_len or end - begin != dtype.itemsize * int(np.prod(shape)):
-                raise CheckpointError(
-                    f"{path}: tensor {key!r} needs bytes {begin}:{end} but the data section has "
-                    f"{data_len} bytes or the size disagrees with its shape (truncated or corrupt)"
-                )
-            self.entries[key] = (dtype, shape, begin, end)
-
-    def read(self, key: str) -> np.ndarray:
-        dtype, shape, begin, end = self.entries[key]
-        out = np.empty(shape, dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        with open(self.path, "rb") as f:
-            f.seek(self._start + begin)
-            got = f.readinto(view)
-        if end - begin and got != end - begin:
-            raise CheckpointError(f"{self.path}: short read for {key!r} (truncated file?)")
-        return out
 
 
 class SafetensorsDir(TensorSource):
