@@ -6,15 +6,4 @@ from vpgtrans_jax.train import config_base, presets
 
 
 def get_config(arg=None):
-    c = config_base.base_config()
-    presets.finetune_stage(c)
-    c.model.llm_type = "opt"
-    c.data.sources = {
-        "coco": presets.coco_captions(0.1),
-        "vg": presets.vg_captions(0.2),
-        "laion_coco": presets.laion_coco(0.7),
-    }
-    c.batch_size = 1728
-    c.num_steps = 50000
-    c.checkpoint_every = 2000
-    return c
+    return presets.real_finetune(config_base.base_config(), "opt")

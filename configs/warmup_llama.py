@@ -7,10 +7,4 @@ from vpgtrans_jax.train import config_base, presets
 
 
 def get_config(arg=None):
-    c = config_base.base_config()
-    presets.warmup_stage(c)
-    c.model.llm_type = "llama"
-    c.data.sources = {"coco": presets.coco_captions(1.0), "sbu": presets.sbu_captions(1.0)}
-    c.batch_size = 1728
-    c.checkpoint_every = 1000
-    return c
+    return presets.real_warmup(config_base.base_config(), "llama")

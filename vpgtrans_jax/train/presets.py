@@ -124,6 +124,31 @@ def cc_sbu_align(weight: float = 1.0) -> ml_collections.ConfigDict:
 # ---- stage recipes (VPGTrans paper / original code) ----------------------------------------------
 
 
+def real_warmup(c: ml_collections.ConfigDict, llm_type: str) -> ml_collections.ConfigDict:
+    """Stage 1 on the original data (COCO + SBU captions), global batch 1728."""
+    warmup_stage(c)
+    c.model.llm_type = llm_type
+    c.data.sources = {"coco": coco_captions(1.0), "sbu": sbu_captions(1.0)}
+    c.batch_size = 1728
+    c.checkpoint_every = 1000
+    return c
+
+
+def real_finetune(c: ml_collections.ConfigDict, llm_type: str) -> ml_collections.ConfigDict:
+    """Stage 2 on the original mix (COCO 0.1 / VG 0.2 / LAION-COCO 0.7), 50k steps of 1728."""
+    finetune_stage(c)
+    c.model.llm_type = llm_type
+    c.data.sources = {
+        "coco": coco_captions(0.1),
+        "vg": vg_captions(0.2),
+        "laion_coco": laion_coco(0.7),
+    }
+    c.batch_size = 1728
+    c.num_steps = 50000
+    c.checkpoint_every = 2000
+    return c
+
+
 def warmup_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Stage 1: projector only, constant LR 5x the stage-2 LR (5e-4), one epoch."""
     c.stage = "warmup"
