@@ -384,3 +384,25 @@ def test_step_flops_match_analytic_count(llm_type, trainable):
     xla = lowered.cost_analysis()["flops"]
     analytic = flops.train_step_flops(cfg, trainable, b, t)["total"]
     assert abs(xla / analytic - 1) < 0.05, (xla, analytic)
+
+
+def test_unreadable_latest_checkpoint_falls_back(tmp_path, caplog):
+    from vpgtrans_jax.train import checkpointing
+
+    state = {"w": jnp.arange(4.0)}
+    ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=1, async_save=False)
+    ckpt.save(1, state, {"pos": 1}, {"m": 1})
+    ckpt.save(2, {"w": jnp.arange(4.0) + 10}, {"pos": 2}, {"m": 2})
+    ckpt.wait()
+    # Simulate a write cut short by preemption: the latest step's state files are garbage.
+    for root, _, files in os.walk(tmp_path / "checkpoints" / "2" / "state"):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"\x00garbage")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    with caplog.at_level("WARNING"):
+        restored, data_state, meta, step = ckpt.restore(abstract)
+    ckpt.close()
+    assert step == 1 and data_state == {"pos": 1} and meta == {"m": 1}
+    np.testing.assert_array_equal(restored["w"], np.arange(4.0))
+    assert any("unreadable" in r.message for r in caplog.records)
