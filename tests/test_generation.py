@@ -59,8 +59,14 @@ def setup(request, tmp_path_factory):
     greedy = hf_generate(pt_model, pixels, ids, mask, max_new_tokens=MAX_NEW, eos_token_id=0)
     # EOS ids the reference generates early in some rows (third token of row 0, ...).
     eos = [int(greedy[0, 2]), int(greedy[1, 4]), int(greedy[2, 1])]
-    return dict(pt=pt_model, path=str(path), model=vpgtrans_jax.load(str(path)), eos=eos,
-                greedy=greedy, inputs=(pixels, ids, mask))
+    return dict(
+        pt=pt_model,
+        path=str(path),
+        model=vpgtrans_jax.load(str(path)),
+        eos=eos,
+        greedy=greedy,
+        inputs=(pixels, ids, mask),
+    )
 
 
 def _assert_same(ours, ref):
@@ -82,7 +88,10 @@ SETTINGS = {
 }
 
 
-CASES = [(name, "one") for name in SETTINGS] + [("greedy", "list"), ("beam5_lp_neg_min_new", "list")]
+CASES = [(name, "one") for name in SETTINGS] + [
+    ("greedy", "list"),
+    ("beam5_lp_neg_min_new", "list"),
+]
 
 
 @pytest.mark.parametrize("name,eos_kind", CASES)
@@ -120,7 +129,8 @@ def test_prefill_and_steps_match_full_forward(setup):
         got.append(np.asarray(logits))
     all_ids = jnp.asarray(np.concatenate([ids, new], 1))
     embeds, all_mask = model.prepend_prompt(
-        model.soft_prompt(jnp.asarray(pixels)), all_ids,
+        model.soft_prompt(jnp.asarray(pixels)),
+        all_ids,
         jnp.asarray(np.concatenate([mask, np.ones_like(new)], 1)),
     )
     positions = jnp.maximum(jnp.cumsum(all_mask, axis=1) - 1, 0)  # HF generate's positions
@@ -137,8 +147,15 @@ def test_input_errors(setup):
     with pytest.raises(ValueError, match="not left-padded"):
         model.generate(pixels, ids, right, max_new_tokens=2, eos_token_id=0, pad_token_id=PAD)
     with pytest.raises(ValueError, match="num_return_sequences=2 needs beam search"):
-        model.generate(pixels, ids, mask, max_new_tokens=2, eos_token_id=0, pad_token_id=PAD,
-                       num_return_sequences=2)
+        model.generate(
+            pixels,
+            ids,
+            mask,
+            max_new_tokens=2,
+            eos_token_id=0,
+            pad_token_id=PAD,
+            num_return_sequences=2,
+        )
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model.generate(pixels, ids, mask, max_new_tokens=2, eos_token_id=10**6, pad_token_id=PAD)
     with pytest.raises(ValueError, match="pixel_values must be"):

@@ -1,4 +1,4 @@
-"""Beam search with Hugging Face's semantics (transformers >= 4.50 ``GenerationMixin._beam_search``).
+"""Beam search with Hugging Face's semantics (``GenerationMixin._beam_search``, transformers 5).
 
 Per prompt, ``K = num_beams`` running hypotheses and ``K`` finished ones, all in static arrays:
 
@@ -128,9 +128,7 @@ def beam_search(
         best_possible = running_scores[:, :1] / best_len
         worst = jnp.where(finished, jnp.min(scores, axis=1, keepdims=True), _MASK)
         unsat = state["unsat"] & jnp.any(best_possible > worst, axis=-1, keepdims=True)
-        go_on = (
-            jnp.any(unsat) & ~(jnp.all(finished) & stop_all_done) & ~jnp.all(hits)
-        )
+        go_on = jnp.any(unsat) & ~(jnp.all(finished) & stop_all_done) & ~jnp.all(hits)
         rows = (jnp.arange(b)[:, None] * nb + parent).reshape(n)
         return dict(
             i=i + 1,

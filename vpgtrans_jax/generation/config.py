@@ -1,4 +1,4 @@
-"""Decoding settings: a frozen, hashable dataclass, so a jitted decoder compiles once per setting."""
+"""Decoding settings: a frozen, hashable dataclass (a jitted decoder compiles once per setting)."""
 
 from __future__ import annotations
 

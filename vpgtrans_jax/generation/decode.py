@@ -27,9 +27,7 @@ if TYPE_CHECKING:
 
 
 def _repeat_cache(cache: KVCache, times: int) -> KVCache:
-    return cache.replace(
-        k=jnp.repeat(cache.k, times, axis=1), v=jnp.repeat(cache.v, times, axis=1)
-    )
+    return cache.replace(k=jnp.repeat(cache.k, times, axis=1), v=jnp.repeat(cache.v, times, axis=1))
 
 
 def decode(

@@ -1,0 +1,189 @@
+"""scripts/evaluate.py end to end: synthetic data, a tiny HF BLIP-2 with the synthetic tokenizer's
+vocabulary, every task; predictions in the official formats, metrics JSON equal to score_files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+import vpgtrans_jax
+from vpgtrans_jax import torch_reference as F
+from vpgtrans_jax.data.synthetic_export import generate as make_synthetic
+from vpgtrans_jax.data.text import load_tokenizer
+from vpgtrans_jax.eval.scoring import score_files
+from vpgtrans_jax.generation import decode_outputs, generate_text, newline_eos_id
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate_script = _load("scripts/evaluate.py", "evaluate_script")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    data = str(tmp_path_factory.mktemp("syn"))
+    manifest = make_synthetic(
+        data,
+        num_images=12,
+        image_size=32,
+        vocab_size=300,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        questions_per_image=2,
+    )
+    ckpt = str(tmp_path_factory.mktemp("tiny_blip2"))
+    pt = F.tiny_blip2(
+        "opt", seed=0, vocab_size=manifest["tokenizer_vocab_size"], max_position_embeddings=128
+    )
+    pt.save_pretrained(ckpt)
+    ann = os.path.join(data, "annotations")
+    # NoCaps needs a `domain` per reference image.
+    with open(os.path.join(ann, "caption_test_gt.json")) as f:
+        gt = json.load(f)
+    for k, im in enumerate(gt["images"]):
+        im["domain"] = ("in-domain", "near-domain", "out-domain")[k % 3]
+    with open(os.path.join(ann, "nocaps_gt.json"), "w") as f:
+        json.dump(gt, f)
+    return dict(data=data, ann=ann, ckpt=ckpt, tok=os.path.join(data, "tokenizer"))
+
+
+def _config(env, task: str, **data) -> ml_collections.ConfigDict:
+    name = {"coco_caption": "eval_coco_caption", "nocaps": "eval_nocaps"}.get(task, f"eval_{task}")
+    cfg = _load(f"configs/{name}.py", name).get_config()
+    cfg.checkpoint = env["ckpt"]
+    cfg.tokenizer = env["tok"]
+    cfg.batch_size = 4  # 6 questions / 3 images per split -> a padded last batch
+    cfg.num_workers = 2
+    cfg.generation.max_new_tokens = 4
+    cfg.generation.min_new_tokens = min(cfg.generation.min_new_tokens, 2)
+    cfg.generation.num_beams = 2
+    cfg.data.image_root = os.path.join(env["data"], "images")
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    return cfg
+
+
+def _vqa_paths(env, split="test"):
+    return dict(
+        annotations=os.path.join(env["ann"], f"vqa_{split}_questions.json"),
+        answers=os.path.join(env["ann"], f"vqa_{split}_annotations.json"),
+        image_pattern=f"{split}/{{image_id:06d}}.jpg",
+    )
+
+
+@pytest.mark.parametrize("task", ["vqav2", "okvqa", "gqa", "coco_caption", "nocaps"])
+def test_evaluate_every_task(env, task, tmp_path):
+    if task in ("vqav2", "okvqa"):
+        cfg = _config(env, task, **_vqa_paths(env))
+    elif task == "gqa":
+        cfg = _config(env, task, annotations=os.path.join(env["ann"], "gqa_test_questions.json"))
+        cfg.data.image_root = os.path.join(env["data"], "images", "test")
+    else:
+        gt = "caption_test_gt.json" if task == "coco_caption" else "nocaps_gt.json"
+        cfg = _config(
+            env,
+            task,
+            annotations=os.path.join(env["ann"], "caption_test.json"),
+            gt=os.path.join(env["ann"], gt),
+        )
+    metrics = evaluate_script.evaluate(cfg, str(tmp_path))
+    pred_path = tmp_path / f"predictions_{task}.json"
+    preds = json.loads(pred_path.read_text())
+    with open(tmp_path / f"metrics_{task}.json") as f:
+        written = json.load(f)
+    assert written == json.loads(json.dumps(metrics))
+    assert not list(tmp_path.glob("*.part*"))  # shares merged and removed
+    if task in ("vqav2", "okvqa"):
+        questions = json.loads(open(cfg.data.annotations).read())["questions"]
+        assert [p["question_id"] for p in preds] == [q["question_id"] for q in questions]
+        assert all(isinstance(p["answer"], str) for p in preds)
+        assert metrics["num_questions"] == len(questions)
+        ref = score_files(task, pred_path, cfg.data.answers, cfg.data.annotations, log=lambda m: 0)
+        assert metrics["accuracy"] == ref["accuracy"]
+    elif task == "gqa":
+        questions = json.loads(open(cfg.data.annotations).read())
+        assert isinstance(preds, dict) and set(preds) == set(questions)
+        assert 0.0 <= metrics["accuracy"]["overall"] <= 100.0
+    else:
+        images = json.loads(open(cfg.data.gt).read())["images"]
+        assert sorted(p["image_id"] for p in preds) == sorted(im["id"] for im in images)
+        assert set(metrics["metrics"]) >= {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr"}
+        if task == "nocaps":
+            assert set(metrics["domains"]) == {"in-domain", "near-domain", "out-domain"}
+
+
+def test_predictions_equal_generate_text_and_limit(env, tmp_path):
+    """evaluate.py's answers are generate_text's for the same prompts; limit scores a subset."""
+    cfg = _config(env, "vqav2", **_vqa_paths(env, "val"))
+    cfg.limit = 3
+    metrics = evaluate_script.evaluate(cfg, str(tmp_path))
+    preds = json.loads((tmp_path / "predictions_vqav2.json").read_text())
+    assert len(preds) == 3 and metrics["num_questions"] == 3
+
+    source = evaluate_script.make_source(cfg)
+    model = vpgtrans_jax.load(env["ckpt"])
+    tok = load_tokenizer(env["tok"])
+    prompts = [evaluate_script.prompt_text(cfg, source[i]) for i in range(3)]
+    assert prompts[0].startswith("Question: ") and prompts[0].endswith(" Answer:")
+    texts = generate_text(
+        model,
+        tok,
+        [source[i]["image_path"] for i in range(3)],
+        prompts,
+        max_new_tokens=4,
+        min_new_tokens=1,
+        num_beams=2,
+        length_penalty=-1.0,
+    )
+    # Batch composition (padding to batch_size 4, prompt bucket) must not change answers.
+    assert [p["answer"] for p in preds] == texts
+
+
+def test_newline_eos_and_decoding(env):
+    tok = load_tokenizer(env["tok"])
+    nl = tok("\n", add_special_tokens=False)["input_ids"]
+    assert newline_eos_id(tok, "opt") == nl[0]
+
+    class SentencePieceLike:  # LLaMA's slow tokenizer: "\n" -> ["▁", "<0x0A>"]
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [29871, 13]}
+
+    assert newline_eos_id(SentencePieceLike(), "llama") == 13
+    with pytest.raises(ValueError, match="llm_type='t5'"):
+        newline_eos_id(tok, "t5")
+    a, b = tok("a red circle", add_special_tokens=False)["input_ids"], tok.pad_token_id
+    rows = np.array([a + [nl[0], 7, 7], a + [b, b, b]])
+    assert decode_outputs(tok, rows, [nl[0]], b) == ["a red circle", "a red circle"]
+
+
+def test_cli_errors(env, tmp_path):
+    script = os.path.join(ROOT, "scripts", "evaluate.py")
+    out = subprocess.run(
+        [
+            sys.executable,
+            script,
+            f"--config={ROOT}/configs/eval_gqa.py",
+            f"--workdir={tmp_path}",
+            f"--config.checkpoint={env['ckpt']}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.returncode != 0
+    assert "--config.data.annotations is required for task 'gqa'" in out.stderr
