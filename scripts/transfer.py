@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""The whole VPGTrans transfer from one command: converter → merge → stage 1 → 2 (→ 3) + evals.
+
+  python scripts/transfer.py --config=configs/transfer_tiny.py --workdir=/tmp/transfer_tiny
+  python scripts/transfer.py --config=configs/transfer_opt2.7b_to_opt6.7b.py --workdir=DIR \\
+      --config.source.checkpoint=/ckpt/blip2-opt-2.7b --config.target.llm=/ckpt/opt-6.7b \\
+      --config.data.coco_ann=... (see the config's docstring)
+
+Every step is skipped when its output exists in --workdir, so rerunning the same command resumes
+an interrupted transfer (training resumes from its checkpoints; SIGTERM / Ctrl-C stop a stage at a
+step boundary). Writes WORKDIR/report.md and WORKDIR/report.json after each step.
+--stop_after=STEP stops after one step (names: assets, converter, merge, init, stage1,
+eval_stage1_<task>, ...). Exit status: 0 complete, 2 bad config, 3 stopped before the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Transfer config (configs/transfer_*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the whole transfer.")
+_STOP_AFTER = flags.DEFINE_string("stop_after", None, "Stop after this step (see the report).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars while training.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def setup_logging() -> None:
+    """Our INFO messages on stderr; library chatter (orbax, grain, absl) only from WARNING up."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    ours = logging.getLogger("vpgtrans_jax")
+    ours.setLevel(logging.INFO)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours.addHandler(handler)
+    ours.propagate = False
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_logging()
+    from vpgtrans_jax.transfer.pipeline import TransferPipeline
+
+    try:
+        pipe = TransferPipeline(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+        report = pipe.run(stop_after=_STOP_AFTER.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {os.path.join(pipe.workdir, 'report.md')}")
+    return 0 if report["complete"] else 3
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,496 @@
+"""The whole VPGTrans transfer from one config: converter → merge → stage 1 → 2 (→ 3) + evals.
+
+Workdir layout (each step is skipped when its output exists, so a rerun resumes)::
+
+    assets/                 tiny configs only: the offline source VL model and the two LLMs
+    converter/              word converter (converter.json marks it complete)
+    merge/                  source VPG + merged projector (export.json)
+    init/                   the stage-1 starting model directory: stores the merged VPG parts,
+                            references the source ViT and the target LLM
+    stage{1,2,3}/           training workdirs (checkpoints, metrics, export/ = the stage's model)
+    eval/<stage>/<task>/    predictions_<task>.json, metrics_<task>.json, eval_config.py
+    records/<step>.json     what each finished step measured (wall time, steps, FLOPs, metrics)
+    report.json, report.md  rewritten after every step
+
+Training resumes from its own checkpoints inside ``stageN/`` (``train.loop.train``); a SIGTERM
+stops the stage at a step boundary, the report is written, and the next run continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from vpgtrans_jax.checkpoint_io import read_json
+from vpgtrans_jax.train.config_base import REQUIRED
+from vpgtrans_jax.transfer import config_io
+from vpgtrans_jax.transfer.report import eval_metrics, write_report
+
+STAGES = ("stage1", "stage2", "stage3")
+EVAL_POINTS = ("source", "init", *STAGES)
+EVAL_SCRIPT = os.path.join(config_io.REPO_ROOT, "scripts", "evaluate.py")
+
+
+class TransferStopped(RuntimeError):
+    """A training stage stopped early (SIGTERM / Ctrl-C); rerun the same command to resume."""
+
+
+@dataclasses.dataclass
+class Step:
+    """One resumable unit: ``run()`` produces ``output`` and returns the facts to record."""
+
+    name: str
+    kind: str  # assets | converter | merge | init | train | eval
+    output: str
+    run: Callable[[], dict[str, Any]]
+    stage: str | None = None  # the report row it belongs to
+    task: str | None = None
+
+
+def _llm_type(llm_dir: str) -> str | None:
+    """``"opt"`` / ``"llama"`` of a HF LLM (or BLIP-2) directory; None when unreadable."""
+    path = os.path.join(llm_dir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    cfg = read_json(path)
+    model_type = cfg.get("model_type")
+    if model_type in ("blip-2", "blip_2"):
+        model_type = (cfg.get("text_config") or {}).get("model_type", "opt")
+    return "opt" if model_type == "opt" else "llama"
+
+
+class TransferPipeline:
+    """Plans the steps of a transfer config (checking it up front) and runs them in order."""
+
+    def __init__(
+        self,
+        cfg: ml_collections.ConfigDict,
+        workdir: str,
+        *,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ):
+        self.cfg, self.progress, self.log = cfg, progress, log
+        self.workdir = os.path.abspath(os.path.expanduser(workdir))
+        self.records_dir = os.path.join(self.workdir, "records")
+        self._resolve_inputs()
+        self.stage_configs = self._stage_configs()
+        self.eval_configs = self._eval_configs()
+        self.steps = self._plan()
+
+    # ---- inputs and configs -------------------------------------------------------------------
+
+    def _resolve_inputs(self) -> None:
+        c = self.cfg
+        self.tiny = bool(c.tiny.enabled)
+        self.places = {"workdir": self.workdir}
+        if self.tiny:
+            self.tiny_source = config_io.load_config_file(c.tiny.source_stage, what="tiny")
+            config_io.apply_overrides(self.tiny_source, c.tiny.source_override, what="tiny")
+            assets = c.tiny.assets_dir or os.path.join(self.workdir, "assets")
+            self.assets_dir = os.path.abspath(os.path.expanduser(assets))
+            synthetic = os.path.abspath(os.path.expanduser(self.tiny_source.data.synthetic_dir))
+            self.places.update(synthetic_dir=synthetic, assets_dir=self.assets_dir)
+            self.source_checkpoint = os.path.join(self.assets_dir, "source_vl", "export")
+            self.source_llm = os.path.join(self.assets_dir, "src_llm")
+            self.target_llm = os.path.join(self.assets_dir, "tgt_llm")
+        else:
+            missing = [
+                f"config.{k}"
+                for k, v in (
+                    ("source.checkpoint", c.source.checkpoint),
+                    ("target.llm", c.target.llm),
+                )
+                if v in ("", REQUIRED)
+            ]
+            if missing:
+                raise ValueError(f"{', '.join(missing)}: required (a directory on disk)")
+            self.source_checkpoint = os.path.abspath(os.path.expanduser(c.source.checkpoint))
+            self.source_llm = os.path.abspath(
+                os.path.expanduser(c.source.llm or c.source.checkpoint)
+            )
+            self.target_llm = os.path.abspath(os.path.expanduser(c.target.llm))
+            for key, path in (
+                ("source.checkpoint", self.source_checkpoint),
+                ("source.llm", self.source_llm),
+                ("target.llm", self.target_llm),
+            ):
+                if not os.path.isdir(path):
+                    raise ValueError(f"config.{key}: {path!r} is not a directory")
+        texts = [self._sub(t) for t in c.converter.text]
+        bad = [t for t in texts if t == REQUIRED or not t]
+        if not texts or bad:
+            raise ValueError("config.converter.text: caption files are required")
+        self.converter_text = texts
+        self.dirs = {
+            "converter": os.path.join(self.workdir, "converter"),
+            "merge": os.path.join(self.workdir, "merge"),
+            "init": os.path.join(self.workdir, "init"),
+            **{s: os.path.join(self.workdir, s) for s in STAGES},
+        }
+
+    def _sub(self, value: Any) -> Any:
+        return config_io.substitute(config_io.to_plain(value), self.places)
+
+    def enabled_stages(self) -> list[str]:
+        return [s for s in STAGES if self.cfg.stages[s].config]
+
+    def _stage_configs(self) -> dict[str, ml_collections.ConfigDict]:
+        """Every enabled stage's training config, chained and validated before anything runs."""
+        from vpgtrans_jax.train.config_base import validate
+
+        out: dict[str, ml_collections.ConfigDict] = {}
+        stages = self.enabled_stages()
+        if stages[:2] != ["stage1", "stage2"]:
+            raise ValueError(
+                "config.stages: stage1 and stage2 need a config file (stage3 optional)"
+            )
+        tgt_type = self.cfg.tiny.target_llm_type if self.tiny else _llm_type(self.target_llm)
+        prev = ""
+        for name in stages:
+            spec = self.cfg.stages[name]
+            what = f"config.stages.{name} ({spec.config})"
+            sc = config_io.load_config_file(spec.config, what=what)
+            config_io.apply_overrides(sc, self._sub(spec.override), what=what)
+            sc.model.init = "pretrained"
+            sc.model.path = self.dirs["init"]
+            sc.model.vpg_init = os.path.join(prev, "export") if prev else ""
+            if tgt_type is not None:
+                sc.model.llm_type = tgt_type
+            if sc.data.tokenizer in ("", REQUIRED):
+                sc.data.tokenizer = self.target_llm
+            try:
+                validate(sc)
+            except ValueError as e:
+                raise ValueError(f"{what}: {e}") from None
+            out[name] = sc
+            prev = self.dirs[name]
+        return out
+
+    def _eval_configs(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """``{(point, task): plain eval config}``; required data paths are checked here."""
+        c = self.cfg.eval
+        tasks = [t.strip() for t in c.run.split(",") if t.strip()]
+        points = [p.strip() for p in c.points.split(",") if p.strip()]
+        unknown = [p for p in points if p not in EVAL_POINTS]
+        if unknown:
+            raise ValueError(f"config.eval.points: unknown {unknown}; expected {EVAL_POINTS}")
+        points = [p for p in points if p not in STAGES or p in self.enabled_stages()]
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for task in tasks:
+            if task not in c.tasks:
+                raise ValueError(f"config.eval.run: task {task!r} is not in config.eval.tasks")
+            spec = c.tasks[task]
+            what = f"config.eval.tasks.{task} ({spec.config})"
+            ec = config_io.load_config_file(spec.config, what=what)
+            config_io.apply_overrides(ec, self._sub(spec.override), what=what)
+            plain = config_io.to_plain(ec)
+            required = config_io.find_required(plain, REQUIRED)
+            if required:
+                raise ValueError(
+                    f"{what}: required fields {required} are not set; pass "
+                    + " ".join(f"--config.eval.tasks.{task}.override.{k}=..." for k in required)
+                )
+            for point in points:
+                checkpoint, tokenizer = self._eval_model(point)
+                out[(point, task)] = {
+                    **plain,
+                    "checkpoint": checkpoint,
+                    "tokenizer": plain.get("tokenizer") or tokenizer,
+                }
+        return out
+
+    def _eval_model(self, point: str) -> tuple[str, str]:
+        if point == "source":
+            return self.source_checkpoint, self.source_llm
+        if point == "init":
+            return self.dirs["init"], self.target_llm
+        return os.path.join(self.dirs[point], "export"), self.target_llm
+
+    # ---- the plan -------------------------------------------------------------------------------
+
+    def _plan(self) -> list[Step]:
+        steps: list[Step] = []
+        if self.tiny:
+            steps.append(Step("assets", "assets", self.source_checkpoint, self._run_assets))
+        steps += [
+            Step(
+                "converter",
+                "converter",
+                os.path.join(self.dirs["converter"], "converter.json"),
+                self._run_converter,
+            ),
+            Step(
+                "merge", "merge", os.path.join(self.dirs["merge"], "export.json"), self._run_merge
+            ),
+            Step(
+                "init",
+                "init",
+                os.path.join(self.dirs["init"], "vpgtrans_model.json"),
+                self._run_init,
+                stage="init",
+            ),
+        ]
+        points = ["source", "init", *self.enabled_stages()]
+        for point in points:
+            if point in STAGES:
+                out = os.path.join(self.dirs[point], "export", "vpgtrans_model.json")
+                steps.append(
+                    Step(point, "train", out, lambda p=point: self._run_stage(p), stage=point)
+                )
+            for p, task in self.eval_configs:
+                if p == point:
+                    name = f"eval_{p}_{task}"
+                    steps.append(
+                        Step(
+                            name,
+                            "eval",
+                            os.path.join(self.records_dir, name + ".json"),
+                            lambda p=p, t=task: self._run_eval(p, t),
+                            stage=p,
+                            task=task,
+                        )
+                    )
+        return steps
+
+    # ---- running --------------------------------------------------------------------------------
+
+    def run(self, stop_after: str | None = None) -> dict[str, Any]:
+        """Runs every step whose output is missing; returns the report (also written to disk)."""
+        names = [s.name for s in self.steps]
+        if stop_after and stop_after not in names:
+            raise ValueError(f"stop_after={stop_after!r}: not a step of this transfer ({names})")
+        os.makedirs(self.records_dir, exist_ok=True)
+        this_run: dict[str, str] = {}
+        try:
+            for step in self.steps:
+                if os.path.exists(step.output):
+                    this_run[step.name] = "skipped"
+                    self.log(f"[transfer] {step.name}: output exists ({step.output}), skipped")
+                else:
+                    self.log(f"[transfer] {step.name}: running")
+                    t0 = time.time()
+                    facts = step.run()
+                    facts.setdefault("wall_time_s", time.time() - t0)
+                    self._write_record(step, facts)
+                    this_run[step.name] = "ran"
+                self.report(this_run)
+                if step.name == stop_after:
+                    self.log(f"[transfer] stopping after {stop_after} as asked")
+                    break
+        except TransferStopped as e:
+            this_run[step.name] = "stopped"
+            self.log(f"[transfer] {e}")
+            return self.report(this_run, stopped=str(e))
+        return self.report(this_run)
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        path = os.path.join(self.records_dir, name + ".json")
+        return read_json(path) if os.path.isfile(path) else None
+
+    def _write_record(self, step: Step, facts: dict[str, Any]) -> None:
+        rec = {
+            "name": step.name,
+            "kind": step.kind,
+            "output": step.output,
+            **facts,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        path = os.path.join(self.records_dir, step.name + ".json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(rec, f, indent=1, default=str)
+        os.replace(tmp, path)
+
+    def report(self, this_run: dict[str, str], stopped: str | None = None) -> dict[str, Any]:
+        return write_report(self, this_run, stopped)
+
+    # ---- the steps ------------------------------------------------------------------------------
+
+    def _run_assets(self) -> dict[str, Any]:
+        from vpgtrans_jax.transfer.tiny_assets import ensure_tiny_assets
+
+        t = self.cfg.tiny
+        paths = ensure_tiny_assets(
+            self.assets_dir,
+            self.tiny_source,
+            t.target_llm_arch,
+            t.target_llm_type,
+            progress=self.progress,
+            log=self.log,
+        )
+        return {"paths": paths}
+
+    def _run_converter(self) -> dict[str, Any]:
+        from vpgtrans_jax.transfer.linear_map import FitConfig
+        from vpgtrans_jax.transfer.word_converter import build_word_converter
+
+        cc = self.cfg.converter
+        fit = FitConfig(
+            loss=cc.loss,
+            lr=cc.lr,
+            momentum=cc.momentum,
+            batch_size=cc.batch_size,
+            epochs=cc.epochs,
+            heldout_fraction=cc.heldout_fraction,
+            seed=cc.seed,
+        )
+        conv = build_word_converter(
+            self.source_llm,
+            self.target_llm,
+            self.converter_text,
+            self.dirs["converter"],
+            align=cc.align,
+            fit=fit,
+            process_captions=not cc.raw_text,
+            log=self.log,
+        )
+        m = conv.meta["metrics"]
+        # SGD on a linear map: forward + two backward matmuls per pair.
+        flops = 6.0 * m["steps"] * cc.batch_size * conv.src_dim * conv.tgt_dim
+        return {"metrics": m, "align_stats": conv.meta["align_stats"], "flops": flops}
+
+    def _run_merge(self) -> dict[str, Any]:
+        from vpgtrans_jax.transfer.merge import merge_projector
+
+        info = merge_projector(
+            self.source_checkpoint,
+            self.dirs["converter"],
+            self.dirs["merge"],
+            qformer_scan_layers=False,
+            log=self.log,
+        )
+        return {"projector_shape": info.get("projector_shape")}
+
+    def _run_init(self) -> dict[str, Any]:
+        """Stage-1 model: merged VPG parts stored; source ViT and target LLM referenced."""
+        import dataclasses as dc
+
+        from vpgtrans_jax.convert.model_dir import save_model_dir
+        from vpgtrans_jax.models.vl_model import VLConfig
+        from vpgtrans_jax.train.export import read_export
+        from vpgtrans_jax.transfer.merge import load_vpg_init
+
+        info, _ = read_export(self.dirs["merge"])
+        if not info.get("vl_config"):
+            raise ValueError(
+                f"{self.dirs['merge']}/export.json has no vl_config: the target LLM "
+                f"{self.target_llm} has no readable config.json"
+            )
+        vl = VLConfig.from_dict(info["vl_config"])
+        vl = vl.replace(qformer=dc.replace(vl.qformer, scan_layers=False))
+        parts = load_vpg_init(self.dirs["merge"], qformer_scan_layers=False)
+        save_model_dir(
+            parts,
+            self.dirs["init"],
+            vl,
+            sources={"vision": self.source_checkpoint, "llm": self.target_llm},
+            origins={"projector": "merge: source projector ∘ word converter"},
+            overwrite=True,
+            created_by="vpgtrans_jax.transfer.pipeline (init)",
+        )
+        return {"vl_config": vl.to_dict()}
+
+    def _run_stage(self, name: str) -> dict[str, Any]:
+        from vpgtrans_jax.convert.model_dir import read_config
+        from vpgtrans_jax.train.flops import train_step_flops
+        from vpgtrans_jax.train.loop import train
+
+        sc = self.stage_configs[name]
+        summary = train(sc, self.dirs[name], progress=self.progress)
+        attempts_path = os.path.join(self.records_dir, f"{name}.attempts.json")
+        attempts = read_json(attempts_path) if os.path.isfile(attempts_path) else []
+        attempts.append(
+            {
+                k: summary.get(k)
+                for k in ("steps", "wall_time_s", "flops_per_step", "stopped_by", "final_loss")
+            }
+        )
+        with open(attempts_path, "w") as f:
+            json.dump(attempts, f, indent=1)
+        if summary.get("export") is None:
+            raise TransferStopped(
+                f"{name} stopped at step {summary['steps']}/{summary['total_steps']} "
+                f"({summary.get('stopped_by') or 'no export written'}); rerun to resume"
+            )
+        analytic = train_step_flops(
+            read_config(self.dirs["init"]), tuple(sc.trainable), sc.batch_size, sc.data.max_len
+        )["total"]
+        xla = next((a["flops_per_step"] for a in reversed(attempts) if a["flops_per_step"]), None)
+        steps = int(summary["steps"])
+        return {
+            "config": self.cfg.stages[name].config,
+            "stage": sc.stage,
+            "trainable": list(sc.trainable),
+            "batch_size": sc.batch_size,
+            "lr": sc.optim.init_lr,
+            "steps": steps,
+            "samples": int(summary["samples"]),
+            "final_loss": summary.get("final_loss"),
+            "wall_time_s": sum(a["wall_time_s"] or 0.0 for a in attempts),
+            "attempts": len(attempts),
+            "flops_per_step": analytic,
+            "flops_per_step_xla": xla,
+            "flops": steps * analytic,
+            "flops_xla": None if xla is None else steps * xla,
+            "params": summary.get("params"),
+        }
+
+    def _run_eval(self, point: str, task: str) -> dict[str, Any]:
+        ec = self.eval_configs[(point, task)]
+        out = os.path.join(self.workdir, "eval", point, task)
+        os.makedirs(out, exist_ok=True)
+        cfg_file = os.path.join(out, "eval_config.py")
+        with open(cfg_file, "w") as f:
+            f.write(
+                '"""Written by the transfer pipeline: the resolved evaluation config."""\n\n'
+                "import json\n\nimport ml_collections\n\n"
+                f"CONFIG = json.loads({json.dumps(json.dumps(ec, indent=1))})\n\n\n"
+                "def get_config(arg=None):\n    return ml_collections.ConfigDict(CONFIG)\n"
+            )
+        script = self.cfg.eval.script or EVAL_SCRIPT
+        cmd = [
+            sys.executable,
+            config_io.resolve_repo_path(script),
+            f"--config={cfg_file}",
+            f"--workdir={out}",
+        ]
+        done = subprocess.run(cmd)  # in our cwd: relative data paths keep their meaning
+        if done.returncode != 0:
+            raise RuntimeError(f"evaluation failed (exit {done.returncode}): {' '.join(cmd)}")
+        metrics_path = os.path.join(out, f"metrics_{task}.json")
+        raw = read_json(metrics_path) if os.path.isfile(metrics_path) else None
+        return {
+            "task": task,
+            "checkpoint": ec["checkpoint"],
+            "predictions": os.path.join(out, f"predictions_{task}.json"),
+            "metrics": eval_metrics(raw),
+            "num_samples": None if raw is None else _num_samples(raw),
+        }
+
+
+def _num_samples(metrics: dict[str, Any]) -> int | None:
+    for key in ("num_images", "num_questions", "num_samples"):
+        if isinstance(metrics.get(key), int):
+            return metrics[key]
+    return None
+
+
+def run_transfer(
+    cfg: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    stop_after: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Plans and runs (or resumes) the transfer ``cfg`` describes in ``workdir``; the report."""
+    return TransferPipeline(cfg, workdir, progress=progress, log=log).run(stop_after=stop_after)
