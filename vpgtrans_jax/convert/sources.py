@@ -9,6 +9,7 @@ with ``torch.load(..., weights_only=True)``; torch is imported only for them.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +22,7 @@ from vpgtrans_jax.checkpoint_io import CheckpointError
 from vpgtrans_jax.checkpoint_io import SafetensorsFile as SafetensorsFileReader
 
 
-class TensorSource:
+class TensorSource(abc.ABC):
     """Base class: ``{key: tensor}`` read shard by shard.
 
     Attributes:
@@ -31,15 +32,15 @@ class TensorSource:
     name: str = "source"
     random_access: bool = False  # reading any tensor at any time costs only that tensor
 
+    @abc.abstractmethod
     def shards(self) -> list[tuple[str, list[str]]]:
         """``(shard file, keys in it)`` in reading order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def read(self, key: str) -> np.ndarray:
         """The tensor stored under ``key``, as a numpy array in its stored dtype."""
-        raise NotImplementedError
 
-    def release(self, shard: str) -> None:
+    def release(self, shard: str) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Frees whatever holding ``shard`` cost (a no-op for file reads)."""
 
     def keys(self) -> list[str]:

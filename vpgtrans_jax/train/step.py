@@ -21,7 +21,14 @@ from vpgtrans_jax import sharding
 
 Batch = dict[str, jax.Array]
 
-BATCH_KEYS = ("pixel_values", "input_ids", "attention_mask", "labels", "image_offset")
+BATCH_KEYS = (
+    "pixel_values",
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "image_offset",
+    "prompt_lengths",
+)
 
 
 @struct.dataclass
@@ -82,13 +89,21 @@ def make_train_step(
 
     def nll_sum(params, frozen, micro):
         model = nnx.merge(graphdef, params, frozen)
+        # Optional per-row inputs, passed only when the data provides them.
+        extra = {
+            arg: micro[key]
+            for key, arg in (
+                ("prompt_lengths", "prompt_lengths"),
+                ("image_offset", "image_offsets"),
+            )
+            if key in micro
+        }
         _, aux = model.loss(
             micro["pixel_values"],
             micro["input_ids"],
             micro["attention_mask"],
             micro["labels"],
-            prompt_lengths=micro.get("prompt_lengths"),
-            image_offsets=micro.get("image_offset"),
+            **extra,
         )
         return aux["nll_sum"], aux["num_tokens"]
 
