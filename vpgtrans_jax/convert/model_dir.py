@@ -276,13 +276,13 @@ def part_tensors(path: str, part: str, target: ModelSpec) -> Iterator[dict[str, 
     if not groups:
         raise CheckpointError(f"{path}: part {part!r} is marked stored but lists no groups")
     have, want = stored_spec.tower(part), target.tower(part)
+    read = store.assemble_pieces((store.restore_group(g) for g in groups), f"{path}:{part}")
     if have is None or want is None or have.scan_layers == want.scan_layers:
-        for g in groups:
-            yield store.restore_group(g)
+        yield from read
         return
     flat: dict[str, np.ndarray] = {}
-    for g in groups:
-        flat.update(store.restore_group(g))
+    for chunk in read:
+        flat.update(chunk)
     yield relayout(flat, part, stored_spec, target)
 
 
@@ -296,6 +296,14 @@ def relayout(
     stored_dtype = next(iter(flat.values())).dtype  # a part's tensors share one dtype
     expected = {k: (s, stored_dtype) for k, (s, _) in want.expected([part]).items()}
     import_tensors(MappingSource(hf, f"{part} (relayout)"), rules(want), expected, out.__setitem__)
+    return _joined(out, f"{part} (relayout)")
+
+
+def _joined(flat: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    """``flat`` with stacked parameters' row pieces (as ``import_tensors`` emits them) re-joined."""
+    out: dict[str, np.ndarray] = {}
+    for chunk in store.assemble_pieces(iter([flat]), where):
+        out.update(chunk)
     return out
 
 
@@ -327,7 +335,7 @@ def source_part_tensors(
     out: dict[str, np.ndarray] = {}
     import_tensors(source, rules, target.expected([part]), out.__setitem__,
                    optional=lambda k: True, what=f"part {part!r}")  # fmt: skip
-    yield out
+    yield _joined(out, f"{path}: part {part!r}")
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -343,7 +351,7 @@ class PartWriter(store.GroupWriter):
 
     def emit(self, path: str, value: np.ndarray) -> None:
         part = layout.part_of(path)
-        self.paths.add(path)
+        self.paths.add(path.split(store.CHUNK_MARK)[0])  # a row piece counts for its tensor
         self.dtypes.setdefault(part, str(value.dtype))
         self.add(part, path, value)
 

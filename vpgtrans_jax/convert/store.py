@@ -20,6 +20,11 @@ from vpgtrans_jax.checkpoint_io import CheckpointError
 
 DEFAULT_GROUP_BYTES = 128 * 2**20
 
+# A tensor larger than a group is stored as row pieces ``<path>@<i>of<n>`` in consecutive groups:
+# Orbax keeps about two temporary copies of what it writes, so writing a 400 MiB embedding (or a
+# whole scanned layer stack) at once would dominate a conversion's peak memory.
+CHUNK_MARK = "@"
+
 
 def _release_freed_memory() -> None:
     """Returns freed heap pages to the OS (glibc keeps them otherwise, inflating the peak)."""
@@ -94,6 +99,11 @@ class GroupWriter:
         self._groups: dict[str, list[str]] = {}
 
     def add(self, part: str, path: str, value: np.ndarray) -> None:
+        if value.nbytes > self.budget and value.ndim and value.shape[0] > 1:
+            n = min(value.shape[0], -(-value.nbytes // self.budget))
+            for i, piece in enumerate(np.array_split(value, n, axis=0)):
+                self.add(part, f"{path}{CHUNK_MARK}{i}of{n}", piece)
+            return
         if self._bytes and self._bytes + value.nbytes > self.budget:
             self.flush()  # a large tensor goes into a group of its own
         self._pending.setdefault(part, {})[path] = value
@@ -113,6 +123,40 @@ class GroupWriter:
     def close(self) -> dict[str, list[str]]:
         self.flush()
         return self._groups
+
+
+def assemble_pieces(
+    groups: Iterator[dict[str, np.ndarray]], where: str
+) -> Iterator[dict[str, np.ndarray]]:
+    """Re-joins tensors stored as row pieces (see ``CHUNK_MARK``) across a part's groups.
+
+    Yields each group's whole tensors as soon as they are complete.
+    """
+    pending: dict[str, dict[int, np.ndarray]] = {}
+    counts: dict[str, int] = {}
+
+    def take(key: str, value: np.ndarray, out: dict[str, np.ndarray]) -> None:
+        base, mark, suffix = key.rpartition(CHUNK_MARK)
+        if not mark or "of" not in suffix:
+            out[key] = value
+            return
+        i, n = (int(x) for x in suffix.split("of"))
+        pending.setdefault(base, {})[i] = value
+        counts[base] = n
+        if len(pending[base]) == n:
+            pieces = pending.pop(base)
+            # A piece may itself have been split (a layer larger than a group): recurse.
+            take(base, np.concatenate([pieces[j] for j in range(n)], axis=0), out)
+
+    for flat in groups:
+        out: dict[str, np.ndarray] = {}
+        for key, value in flat.items():
+            take(key, value, out)
+        if out:
+            yield out
+    if pending:
+        missing = {k: sorted(set(range(counts[k])) - set(v)) for k, v in pending.items()}
+        raise CheckpointError(f"{where}: tensors with missing pieces {missing}")
 
 
 @contextlib.contextmanager
@@ -159,6 +203,7 @@ __all__ = [
     "GroupWriter",
     "save_group",
     "restore_group",
+    "assemble_pieces",
     "atomic_output",
     "nest",
     "flatten",

@@ -16,6 +16,7 @@ import numpy as np
 
 from vpgtrans_jax.checkpoint_io import CheckpointError
 from vpgtrans_jax.convert.sources import TensorSource
+from vpgtrans_jax.convert.store import CHUNK_MARK
 from vpgtrans_jax.weights import WeightRule, expand, from_ours, stacked_path, to_ours
 
 Emit = Callable[[str, np.ndarray], None]
@@ -76,8 +77,9 @@ def import_tensors(
 
     Args:
       expected: our path → (shape, dtype) for every parameter the rules fill; arrays are checked
-        against the shape and cast to the dtype (per-layer tensors of stacked rules are stacked
-        into a ``[num_layers, ...]`` buffer first).
+        against the shape and cast to the dtype (per-layer tensors of stacked rules are emitted
+        one layer at a time as row pieces ``<path>@<layer>of<L>`` of the ``[L, ...]`` stack;
+        ``store.assemble_pieces`` re-joins them).
       emit: called once per parameter with (our path, array); the array is not referenced after.
       optional: keys the source may hold that no rule reads (skipped, reported); any other
         unread key, and any missing key, is an error listing them.
@@ -90,7 +92,7 @@ def import_tensors(
             uses.setdefault(hf, []).append((r, ours, layer))
             if r.kind == "chunk":
                 covered.setdefault(hf, set()).add(r.chunk)
-    stacks: dict[str, tuple[np.ndarray, set[int]]] = {}
+    stacks: dict[str, set[int]] = {}  # stacked parameter -> layers emitted so far
     report = ImportReport(used=set(needed), skipped=skipped)
 
     def convert(key: str, targets: list[tuple[WeightRule, str, int | None]]) -> None:
@@ -141,14 +143,16 @@ def _convert_one(name, key, t, rule, ours, layer, expected, stacks, emit) -> Non
     if not rule.stacked:
         emit(path, np.ascontiguousarray(arr, dtype=dtype))
         return
-    buf, seen = stacks.get(path) or (np.empty(shape, dtype), set())
-    buf[layer] = arr
+    # A stacked parameter is emitted layer by layer as row pieces of its [L, ...] array (readers
+    # re-join them), so no whole layer stack is ever held: a scanned 7B tower converts in the
+    # memory of one layer.
+    seen = stacks.setdefault(path, set())
+    if layer in seen:
+        raise CheckpointError(f"{name}: tensor {key!r} fills layer {layer} of {path!r} twice")
     seen.add(layer)
+    emit(f"{path}{CHUNK_MARK}{layer}of{shape[0]}", np.ascontiguousarray(arr[None], dtype=dtype))
     if len(seen) == shape[0]:
-        stacks.pop(path, None)
-        emit(path, buf)
-    else:
-        stacks[path] = (buf, seen)
+        stacks.pop(path)
 
 
 def _check_uncovered_chunks_zero(name, key, t, rule, covered) -> None:
