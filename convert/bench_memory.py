@@ -95,8 +95,12 @@ def main() -> None:
     cmd = [sys.executable, tool, "--src", src, "--out", out, "--dtype", a.dtype, "--overwrite",
            *a.extra]  # fmt: skip
     t = time.time()
-    subprocess.run(cmd, check=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: KiB
+    # wait4 gives this child's own peak: RUSAGE_CHILDREN would also count the generator child.
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"hf_to_orbax.py failed with status {os.waitstatus_to_exitcode(status)}")
+    peak = usage.ru_maxrss * 1024  # Linux: KiB
     base = subprocess.run(
         [sys.executable, "-c", "import resource, jax, orbax.checkpoint, vpgtrans_jax.convert.tools;"
          "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"],
