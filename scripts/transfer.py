@@ -32,24 +32,11 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars while traini
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def setup_logging() -> None:
-    """Our INFO messages on stderr; library chatter (orbax, grain, absl) only from WARNING up."""
-    import logging
-
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    ours = logging.getLogger("vpgtrans_jax")
-    ours.setLevel(logging.INFO)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    ours.addHandler(handler)
-    ours.propagate = False
-
-
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from vpgtrans_jax.logs import setup_logging
+
     setup_logging()
     from vpgtrans_jax.transfer.pipeline import TransferPipeline
 
