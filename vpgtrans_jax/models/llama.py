@@ -25,6 +25,7 @@ from flax import nnx
 
 from vpgtrans_jax import attention, layers, sharding, stack
 from vpgtrans_jax.attention import KVCache
+from vpgtrans_jax.models.decoder import CausalLM
 from vpgtrans_jax.weights import WeightRule, layer_rules
 
 RopeScaling = tuple[tuple[str, Any], ...]
@@ -367,7 +368,7 @@ class LlamaDecoderLayer(nnx.Module):
         return x, kv_cache
 
 
-class LlamaForCausalLM(nnx.Module):
+class LlamaForCausalLM(CausalLM):
     """LLaMA-family causal LM with the interface shared by every LLM tower."""
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
@@ -395,10 +396,6 @@ class LlamaForCausalLM(nnx.Module):
                 rngs=rngs,
             )
         )
-
-    def embed(self, input_ids: jax.Array) -> jax.Array:
-        """int[B, T] token ids -> float[B, T, E] embeddings in the compute dtype."""
-        return self.embed_tokens(input_ids)
 
     def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> KVCache:
         """An empty cache of ``max_length`` slots (dtype defaults to the compute dtype)."""
@@ -478,34 +475,6 @@ class LlamaForCausalLM(nnx.Module):
         if cache is None:
             return x, None
         return x, KVCache(k=new_kv[0], v=new_kv[1], index=cache.index + t)
-
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        """float[B, T, E] -> float[B, T, V] (compute dtype)."""
-        if self.lm_head is None:
-            return self.embed_tokens.attend(hidden)
-        return self.lm_head(hidden)
-
-    def __call__(
-        self,
-        input_ids: jax.Array | None = None,
-        attention_mask: jax.Array | None = None,
-        *,
-        inputs_embeds: jax.Array | None = None,
-        positions: jax.Array | None = None,
-        cache: KVCache | None = None,
-    ) -> tuple[jax.Array, KVCache | None]:
-        """Exactly one of ``input_ids`` (int[B, T]) / ``inputs_embeds`` (float[B, T, E]).
-
-        Returns (logits float[B, T, V], updated cache or None).
-        """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids)
-        hidden, cache = self.hidden_states(
-            inputs_embeds, attention_mask, positions=positions, cache=cache
-        )
-        return self.logits(hidden), cache
 
 
 def hf_weight_map(cfg: LlamaConfig) -> list[WeightRule]:

@@ -25,6 +25,7 @@ from flax import nnx
 from vpgtrans_jax import attention, sharding, stack, weights
 from vpgtrans_jax.attention import KVCache
 from vpgtrans_jax.layers import Dense, Embed, LayerNorm, activation
+from vpgtrans_jax.models.decoder import CausalLM
 
 # OPT's learned position table has 2 extra leading rows (a fairseq padding_idx artefact).
 POSITION_OFFSET = 2
@@ -178,18 +179,23 @@ def _layer_norm(cfg: OPTConfig, dim: int, rngs: nnx.Rngs) -> nnx.Module:
     )
 
 
+def _dense_kw(cfg: OPTConfig, rngs: nnx.Rngs) -> dict[str, Any]:
+    """Keyword arguments every OPT projection shares."""
+    return dict(
+        use_bias=cfg.enable_bias,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        rngs=rngs,
+    )
+
+
 class OPTAttention(nnx.Module):
     """Multi-head causal self-attention with biased q/k/v/out projections."""
 
     def __init__(self, cfg: OPTConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         d = cfg.hidden_size
-        kw = dict(
-            use_bias=cfg.enable_bias,
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-            rngs=rngs,
-        )
+        kw = _dense_kw(cfg, rngs)
         self.q_proj = Dense(d, d, axes=("embed", "heads"), **kw)
         self.k_proj = Dense(d, d, axes=("embed", "kv_heads"), **kw)
         self.v_proj = Dense(d, d, axes=("embed", "kv_heads"), **kw)
@@ -237,12 +243,7 @@ class OPTDecoderLayer(nnx.Module):
     def __init__(self, cfg: OPTConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         d = cfg.hidden_size
-        kw = dict(
-            use_bias=cfg.enable_bias,
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-            rngs=rngs,
-        )
+        kw = _dense_kw(cfg, rngs)
         self.self_attn = OPTAttention(cfg, rngs=rngs)
         self.self_attn_layer_norm = _layer_norm(cfg, d, rngs)
         self.fc1 = Dense(d, cfg.ffn_dim, axes=("embed", "mlp"), **kw)
@@ -277,7 +278,7 @@ def _static_int(x: Any) -> int | None:
     return int(x)
 
 
-class OPTForCausalLM(nnx.Module):
+class OPTForCausalLM(CausalLM):
     """OPT decoder with its LM head; the interface the VL model drives (shared with LLaMA)."""
 
     def __init__(self, cfg: OPTConfig, *, rngs: nnx.Rngs):
@@ -313,10 +314,6 @@ class OPTForCausalLM(nnx.Module):
             if cfg.tie_word_embeddings
             else Dense(e, cfg.vocab_size, axes=("embed", "vocab"), **kw)
         )
-
-    def embed(self, input_ids: jax.Array) -> jax.Array:
-        """Word embeddings only: int[B, T] -> float[B, T, E] (E = ``cfg.input_embed_dim``)."""
-        return self.embed_tokens(input_ids)
 
     def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> KVCache:
         """An empty cache float[L, batch, max_length, H, Dh] (compute dtype unless ``dtype``)."""
@@ -418,31 +415,6 @@ class OPTForCausalLM(nnx.Module):
             h = self.project_out(h)
         new_cache = None if cache is None else KVCache(k=ys[0], v=ys[1], index=index + t)
         return h, new_cache
-
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        """float[B, T, E] -> float[B, T, V] in the compute dtype (no bias, as in HF)."""
-        if self.lm_head is None:
-            return self.embed_tokens.attend(hidden)
-        return self.lm_head(hidden)
-
-    def __call__(
-        self,
-        input_ids: jax.Array | None = None,
-        attention_mask: jax.Array | None = None,
-        *,
-        inputs_embeds: jax.Array | None = None,
-        positions: jax.Array | None = None,
-        cache: KVCache | None = None,
-    ) -> tuple[jax.Array, KVCache | None]:
-        """int[B, T] ids (or float[B, T, E] embeddings) -> (float[B, T, V] logits, cache)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids)
-        hidden, cache = self.hidden_states(
-            inputs_embeds, attention_mask, positions=positions, cache=cache
-        )
-        return self.logits(hidden), cache
 
 
 def hf_weight_map(cfg: OPTConfig) -> list[weights.WeightRule]:
