@@ -231,7 +231,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
                     )
             if bar is not None:
                 bar.update(1)
-            ckpt.save(step, state, data_it.get_state(), meta)
+            if ckpt.should_save(step):  # the data state is only gathered when it is saved
+                ckpt.save(step, state, data_it.get_state(), meta)
             if stop.signal is not None:
                 stopped_by = signal.Signals(stop.signal).name
                 break
