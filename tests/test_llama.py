@@ -218,7 +218,7 @@ def test_cached_decoding_matches_full_forward(scan):
     assert max_diff(np.asarray(full)[valid], ref[valid]) <= TOL
 
     cache = model.init_cache(b, max_len)
-    assert cache.k.shape == (LAYERS, b, max_len, 2, 8) and int(cache.index) == 0
+    assert cache.k.shape == (LAYERS, b, 2, max_len, 8) and int(cache.index) == 0
     pieces = []
     for start, stop in [(0, 3), (3, 5), (5, 6), (6, 7), (7, 8)]:  # prefill, a chunk, then 1 by 1
         logits, cache = _step(

@@ -68,13 +68,24 @@ def apply_layers(
       layers: what ``build_layers`` returned with the same ``scan``.
       body: pure function of (block, carry, per-layer input); must not mutate the block.
       carry: the running hidden state (any pytree).
-      xs: per-layer inputs stacked on axis 0 (e.g. a layer's KV cache), or None.
+      xs: per-layer inputs stacked on axis 0 (e.g. a layer's KV cache), or None. Without
+        ``scan`` it may also be a ``list`` with one entry per layer; the outputs are then a list
+        too, and no per-layer slice or restack copies are made.
 
     Returns:
-      (final carry, per-layer outputs stacked on axis 0, or None when body returns None).
+      (final carry, per-layer outputs: stacked on axis 0, a list when ``xs`` is a list, or None
+      when body returns None).
     """
     policy = checkpoint_policy(remat_policy)
     use_remat = remat_policy not in (None, "none")
+    per_layer = isinstance(xs, list)
+    if per_layer and scan:
+        raise ValueError(
+            f"per-layer inputs (a list of {len(xs)}) need scan=False: scanned stacks take "
+            "inputs stacked on axis 0 (e.g. KVCache.stack())"
+        )
+    if per_layer and len(xs) != len(layers):
+        raise ValueError(f"per-layer inputs need one entry per layer: {len(xs)} for {len(layers)}")
 
     if scan:
         graphdef, state = nnx.split(layers)
@@ -89,7 +100,10 @@ def apply_layers(
 
     ys = []
     for i, block in enumerate(layers):
-        x_l = None if xs is None else jax.tree.map(lambda a, i=i: a[i], xs)
+        if per_layer:
+            x_l = xs[i]
+        else:
+            x_l = None if xs is None else jax.tree.map(lambda a, i=i: a[i], xs)
         if use_remat:
             graphdef, state = nnx.split(block)
 
@@ -102,4 +116,6 @@ def apply_layers(
         ys.append(y)
     if all(y is None for y in ys):
         return carry, None
+    if per_layer:
+        return carry, ys
     return carry, jax.tree.map(lambda *a: jax.numpy.stack(a), *ys)

@@ -12,7 +12,7 @@ Per prompt, ``K = num_beams`` running hypotheses and ``K`` finished ones, all in
    none can, or every candidate ended.
 
 Scores use the same float32 arithmetic (including the ``-1e9`` masking) as the reference, so
-token ids match it exactly. The KV cache rows are reordered after every step.
+token ids match it exactly. After every step the KV cache rows follow the surviving beams.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vpgtrans_jax.attention import KVCache
 from vpgtrans_jax.generation import processors
 from vpgtrans_jax.generation.config import GenerationConfig, length_penalty_table
 from vpgtrans_jax.generation.greedy import StepFn
+from vpgtrans_jax.kv_cache import KVCache
 
 _MASK = -1.0e9  # HF's "impossible" score
 
@@ -37,8 +37,8 @@ def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
 
 
 def reorder_cache(cache: KVCache, rows: jax.Array) -> KVCache:
-    """Keeps cache rows ``rows`` (int[N], over the batch axis 1 of k/v float[L, N, S, K, D])."""
-    return cache.replace(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1))
+    """Row ``n`` of the result continues row ``rows[n]`` (int[N]) of ``cache``."""
+    return cache.select_rows(rows)
 
 
 def _top_continuations(flat: jax.Array, k2: int, cfg: GenerationConfig, key: jax.Array):

@@ -16,18 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vpgtrans_jax.attention import KVCache
 from vpgtrans_jax.generation import processors
 from vpgtrans_jax.generation.beam import beam_search
 from vpgtrans_jax.generation.config import EarlyStopping, GenerationConfig
 from vpgtrans_jax.generation.greedy import greedy_or_sample
+from vpgtrans_jax.kv_cache import KVCache
 
 if TYPE_CHECKING:
     from vpgtrans_jax.models.vl_model import VLModel
-
-
-def _repeat_cache(cache: KVCache, times: int) -> KVCache:
-    return cache.replace(k=jnp.repeat(cache.k, times, axis=1), v=jnp.repeat(cache.v, times, axis=1))
 
 
 def decode(
@@ -45,9 +41,12 @@ def decode(
     r = cfg.expand
     if r > 1:
         logits = jnp.repeat(logits, r, axis=0)
-        cache = _repeat_cache(cache, r)
+        cache = cache.repeat_rows(r)
         full_mask = jnp.repeat(full_mask, r, axis=0)
         positions = jnp.repeat(positions, r, axis=0)
+    if not model.config.llm.scan_layers:
+        # One buffer per layer, updated in place: no per-step slice/restack of a stacked cache.
+        cache = cache.per_layer()
     prompt_seen = None
     if cfg.repetition_penalty != 1.0:
         ids = jnp.repeat(input_ids, r, axis=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from vpgtrans_jax.attention import KVCache
+from vpgtrans_jax.kv_cache import KVCache
 
 
 class CausalLM(nnx.Module):

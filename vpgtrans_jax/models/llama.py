@@ -24,7 +24,8 @@ import numpy as np
 from flax import nnx
 
 from vpgtrans_jax import attention, layers, sharding, stack
-from vpgtrans_jax.attention import KVCache
+from vpgtrans_jax import kv_cache as kv_cache_lib
+from vpgtrans_jax.kv_cache import KVCache
 from vpgtrans_jax.models.decoder import CausalLM
 from vpgtrans_jax.weights import WeightRule, layer_rules
 
@@ -301,10 +302,11 @@ class LlamaAttention(nnx.Module):
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
         index: jax.Array | int = 0,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """Attends ``x: float[B, T, E]`` under ``mask: bool[B, 1, T, S]``.
+        """Attends ``x: float[B, T, E]`` under ``mask`` (bool[B, 1, T, T] without a cache).
 
-        ``kv_cache``: this layer's (k, v), each float[B, S, K, D]; the new keys/values are written
-        at ``index`` and the queries attend over the whole cache.
+        ``kv_cache``: this layer's (k, v) (``kv_cache.update_layer_cache`` layouts) and ``mask``
+        from ``KVCache.attention_mask``; the new keys/values are written at ``index`` and the
+        queries attend over the whole cache.
         Returns (float[B, T, E], new cache slice or None).
         """
         cfg = self.cfg
@@ -315,12 +317,13 @@ class LlamaAttention(nnx.Module):
         q = sharding.constrain(apply_rope(q, cos, sin), _HEAD_AXES)
         k = sharding.constrain(apply_rope(k, cos, sin), _HEAD_AXES)
         v = sharding.constrain(v, _HEAD_AXES)
-        if kv_cache is not None:
-            k, v = attention.update_layer_cache(*kv_cache, k, v, index)
-            kv_cache = (k, v)
-        out = attention.dot_product_attention(
-            q, k, v, mask, scale=cfg.head_dim**-0.5, dtype=jnp.dtype(cfg.dtype)
-        )
+        scale, dtype = cfg.head_dim**-0.5, jnp.dtype(cfg.dtype)
+        if kv_cache is None:
+            out = attention.dot_product_attention(q, k, v, mask, scale=scale, dtype=dtype)
+        else:
+            out, kv_cache = kv_cache_lib.cached_attention(
+                q, k, v, kv_cache, index, mask, scale=scale, dtype=dtype
+            )
         return self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), kv_cache
 
 
@@ -435,11 +438,11 @@ class LlamaForCausalLM(CausalLM):
         b, t, _ = inputs_embeds.shape
         index = jnp.zeros((), jnp.int32) if cache is None else cache.index
         if cache is not None:
-            want = (cfg.num_layers, b, cache.max_length, cfg.num_kv_heads, cfg.head_dim)
-            if tuple(cache.k.shape) != want or tuple(cache.v.shape) != want:
+            want = (cfg.num_layers, b, cfg.num_kv_heads, cfg.head_dim)
+            got = (cache.num_layers, cache.batch, cache.num_kv_heads, cache.head_dim)
+            if got != want:
                 raise ValueError(
-                    f"cache k/v must have shape [L, B, S, K, D] = {want}, "
-                    f"got {tuple(cache.k.shape)}"
+                    f"cache (layers, rows, kv heads, head dim) must be {want}, got {got}"
                 )
         s = t if cache is None else cache.max_length
         if attention_mask is None:
@@ -460,21 +463,24 @@ class LlamaForCausalLM(CausalLM):
         cos, sin = rope_cos_sin(
             positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         )
-        mask = attention.causal_padding_mask(attention_mask, index, t)
+        if cache is None:
+            mask = attention.causal_padding_mask(attention_mask, index, t)
+        else:
+            mask = cache.attention_mask(attention_mask, t)
         x = sharding.constrain(inputs_embeds.astype(jnp.dtype(cfg.dtype)), _ACT_AXES)
 
         def body(block, h, kv_l):
             h, kv_l = block(h, cos, sin, mask, kv_l, index)
             return sharding.constrain(h, _ACT_AXES), kv_l
 
-        xs = None if cache is None else (cache.k, cache.v)
+        xs = None if cache is None else cache.layer_inputs()
         x, new_kv = stack.apply_layers(
             self.layers, body, x, xs, scan=cfg.scan_layers, remat_policy=cfg.remat_policy
         )
         x = self.norm(x)
         if cache is None:
             return x, None
-        return x, KVCache(k=new_kv[0], v=new_kv[1], index=cache.index + t)
+        return x, cache.advance(new_kv, t)
 
 
 def hf_weight_map(cfg: LlamaConfig) -> list[WeightRule]:

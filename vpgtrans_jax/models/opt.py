@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vpgtrans_jax import attention, sharding, stack, weights
-from vpgtrans_jax.attention import KVCache
+from vpgtrans_jax import attention, kv_cache, sharding, stack, weights
+from vpgtrans_jax.kv_cache import KVCache
 from vpgtrans_jax.layers import Dense, Embed, LayerNorm, activation
 from vpgtrans_jax.models.decoder import CausalLM
 
@@ -212,8 +212,8 @@ class OPTAttention(nnx.Module):
 
         Args:
           x: float[B, T, D] hidden states.
-          mask: bool[B, 1, T, S]; S == T without a cache, the cache length with one.
-          kv: this layer's (k, v) cache, each float[B, S, H, Dh], or None.
+          mask: bool[B, 1, T, S] (S == T) without a cache, ``KVCache.attention_mask`` with one.
+          kv: this layer's (k, v) cache (``kv_cache.update_layer_cache`` layouts), or None.
           index: int32 scalar cache slot of the first query (with ``kv``).
 
         Returns:
@@ -229,12 +229,15 @@ class OPTAttention(nnx.Module):
         q = sharding.constrain(q, _HEAD_AXES)
         k = sharding.constrain(k, _HEAD_AXES)
         v = sharding.constrain(v, _HEAD_AXES)
-        new_kv = None
-        if kv is not None:
-            k, v = attention.update_layer_cache(kv[0], kv[1], k, v, index)
-            new_kv = (k, v)
-        out = attention.dot_product_attention(q, k, v, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype))
-        return self.out_proj(out.reshape(b, t, cfg.hidden_size)), new_kv
+        if kv is None:
+            out = attention.dot_product_attention(
+                q, k, v, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype)
+            )
+        else:
+            out, kv = kv_cache.cached_attention(
+                q, k, v, kv, index, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype)
+            )
+        return self.out_proj(out.reshape(b, t, cfg.hidden_size)), kv
 
 
 class OPTDecoderLayer(nnx.Module):
@@ -316,7 +319,7 @@ class OPTForCausalLM(CausalLM):
         )
 
     def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> KVCache:
-        """An empty cache float[L, batch, max_length, H, Dh] (compute dtype unless ``dtype``)."""
+        """An empty cache float[L, batch, H, max_length, Dh] (compute dtype unless ``dtype``)."""
         cfg = self.cfg
         if max_length > cfg.max_position_embeddings:
             raise ValueError(
@@ -376,9 +379,9 @@ class OPTForCausalLM(CausalLM):
             )
         index = jnp.zeros((), jnp.int32) if cache is None else cache.index
         if cache is not None:
-            if cache.k.shape[:2] != (cfg.num_layers, b):
+            if (cache.num_layers, cache.batch) != (cfg.num_layers, b):
                 raise ValueError(
-                    f"cache holds {cache.k.shape[0]} layers x batch {cache.k.shape[1]}, "
+                    f"cache holds {cache.num_layers} layers x batch {cache.batch}, "
                     f"expected {cfg.num_layers} x {b}"
                 )
             start = _static_int(index)
@@ -399,13 +402,16 @@ class OPTForCausalLM(CausalLM):
             h = self.project_in(h)
         h = h + self.embed_positions(positions + POSITION_OFFSET)
         h = sharding.constrain(h, _HIDDEN_AXES)
-        mask = attention.causal_padding_mask(attention_mask, index, t)
+        if cache is None:
+            mask = attention.causal_padding_mask(attention_mask, index, t)
+        else:
+            mask = cache.attention_mask(attention_mask, t)
 
         def body(block, carry, kv_l):
             out, new_kv = block(carry, mask, kv_l, index)
             return sharding.constrain(out, _HIDDEN_AXES), new_kv
 
-        xs = None if cache is None else (cache.k, cache.v)
+        xs = None if cache is None else cache.layer_inputs()
         h, ys = stack.apply_layers(
             self.layers, body, h, xs, scan=cfg.scan_layers, remat_policy=cfg.remat_policy
         )
@@ -413,7 +419,7 @@ class OPTForCausalLM(CausalLM):
             h = self.final_layer_norm(h)
         if self.project_out is not None:
             h = self.project_out(h)
-        new_cache = None if cache is None else KVCache(k=ys[0], v=ys[1], index=index + t)
+        new_cache = None if cache is None else cache.advance(ys, t)
         return h, new_cache
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vpgtrans_jax import layers, sharding
-from vpgtrans_jax.attention import KVCache
+from vpgtrans_jax.kv_cache import KVCache
 from vpgtrans_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from vpgtrans_jax.models.opt import OPTConfig, OPTForCausalLM
 from vpgtrans_jax.models.qformer import QFormer, QFormerConfig
