@@ -3,7 +3,8 @@
 Both run the same random BLIP-2 (tiny ViT/Q-Former, a small but not trivial OPT or LLaMA) with
 the same settings on CPU. ``min_new_tokens = max_new_tokens`` forbids EOS, so both decode exactly
 ``max_new_tokens`` steps and the token ids must agree (checked). Our time excludes compilation
-(one warm-up call). The two alternate run by run, so a change in machine load hits both; the
+(one warm-up call). The two alternate, so a change in machine load hits both, and each timed
+call follows an untimed call of the same kind (steady state, as in an evaluation loop); the
 report gives each one's median over ``--reps`` runs and the median of the per-pair ratios.
 
     python scripts/bench_generate.py                 # OPT, batch 4, 5 beams, 30 new tokens
@@ -90,8 +91,12 @@ def _compare(args) -> dict:
     compile_s, _ = _seconds(ours)
     t_ours, t_pt = [], []
     for _ in range(args.reps):
+        # Each timed call directly follows an untimed one of the same kind: both sides are timed
+        # in steady state (warm caches; this VM's cores also slow down when briefly idle).
+        ours()
         t, out_ours = _seconds(ours)
         t_ours.append(t)
+        theirs()
         t, out_pt = _seconds(theirs)
         t_pt.append(t)
     same = out_pt.shape == out_ours.shape and bool((out_pt == out_ours).all())

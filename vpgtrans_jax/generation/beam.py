@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vpgtrans_jax.generation import processors
+from vpgtrans_jax.generation import processors, topk
 from vpgtrans_jax.generation.config import GenerationConfig, length_penalty_table
 from vpgtrans_jax.generation.greedy import StepFn
 from vpgtrans_jax.kv_cache import KVCache
@@ -44,10 +44,10 @@ def reorder_cache(cache: KVCache, rows: jax.Array) -> KVCache:
 def _top_continuations(flat: jax.Array, k2: int, cfg: GenerationConfig, key: jax.Array):
     """float32[B, K*V] accumulated scores -> (values, indices) of K2 picks, best first."""
     if not cfg.do_sample:
-        return jax.lax.top_k(flat, k2)
+        return topk.top_k(flat, k2)
     # Gumbel-top-k = sampling k2 candidates without replacement from softmax(flat).
     gumbel = jax.random.gumbel(key, flat.shape, jnp.float32)
-    _, idx = jax.lax.top_k(flat + gumbel, k2)
+    _, idx = topk.top_k(flat + gumbel, k2)
     vals = jnp.take_along_axis(flat, idx, axis=-1)
     vals, order = jax.lax.top_k(vals, k2)  # sort descending, as HF does after sampling
     return vals, jnp.take_along_axis(idx, order, axis=-1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vpgtrans_jax.generation import topk
 from vpgtrans_jax.generation.config import GenerationConfig
 
 NEG_INF = -jnp.inf
@@ -37,7 +38,7 @@ def forbid_eos(scores: jax.Array, eos_ids: tuple[int, ...], forbid: jax.Array) -
 def top_k_filter(scores: jax.Array, top_k: int, min_keep: int = 1) -> jax.Array:
     """Keeps scores >= the k-th largest (ties kept, as HF), k = max(top_k, min_keep)."""
     k = min(max(top_k, min_keep), scores.shape[-1])
-    kth = jax.lax.top_k(scores, k)[0][..., -1:]
+    kth = topk.top_k(scores, k)[0][..., -1:]
     return jnp.where(scores < kth, NEG_INF, scores)
 
 
