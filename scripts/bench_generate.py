@@ -36,8 +36,9 @@ def _text_kw(args) -> dict:
     return dict(common, intermediate_size=4 * args.hidden, num_key_value_heads=args.hidden // 64)
 
 
-# (hidden, layers, vocab, batch) rows of --sweep; the second is the default.
+# (hidden, layers, vocab, batch) rows of --sweep; the third is the default.
 SWEEP = (
+    (64, 2, 1024, 4),
     (128, 2, 4096, 4),
     (256, 4, 8192, 4),
     (256, 4, 8192, 1),

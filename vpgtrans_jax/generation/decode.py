@@ -7,14 +7,12 @@ in a ``lax.while_loop`` that exits as soon as Hugging Face's ``generate`` would.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from vpgtrans_jax.generation import processors
 from vpgtrans_jax.generation.beam import beam_search
@@ -61,10 +59,10 @@ def decode(
     return greedy_or_sample(logits, cache, step_fn, cfg, key, prompt_seen)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def _decode_jit(graphdef, state, pixel_values, input_ids, attention_mask, key, cfg):
-    model = nnx.merge(graphdef, state)
-    return decode(model, pixel_values, input_ids, attention_mask, key, cfg)
+# NNX modules are pytrees: jit flattens the model itself on every call (about 0.3 ms, against
+# 2.7 ms for nnx.split of a small BLIP-2), so new parameter values and structure changes are
+# always seen, and one compilation serves each (structure, config, shapes).
+_decode_jit = jax.jit(decode, static_argnames=("cfg",))
 
 
 def _check_inputs(pixel_values: Any, input_ids: Any, attention_mask: Any) -> None:
@@ -164,10 +162,8 @@ def generate_with_config(
     for name, value in (("eos_token_id", cfg.eos_token_ids), ("pad_token_id", (cfg.pad_token_id,))):
         if max(value) >= vocab:
             raise ValueError(f"{name}={list(value)} is outside the vocabulary (size {vocab})")
-    graphdef, state = nnx.split(model)
     return _decode_jit(
-        graphdef,
-        state,
+        model,
         jnp.asarray(pixel_values),
         jnp.asarray(input_ids, jnp.int32),
         jnp.asarray(attention_mask, jnp.int32),
