@@ -163,6 +163,7 @@ class Evaluator:
             pixels,
             text["input_ids"],
             text["attention_mask"],
+            image_offsets=text.get("image_offset"),  # prompts with <ImageHere>
             max_new_tokens=g.max_new_tokens,
             min_new_tokens=g.min_new_tokens,
             num_beams=g.num_beams,

@@ -34,3 +34,19 @@ def test_chat_answers_each_question(tmp_path, capsys):
     )
     out = capsys.readouterr().out.splitlines()
     assert rc == 0 and len(out) == 2
+    # A stage-3 chat model's template: image at <ImageHere>, answers end at "###".
+    rc = chat.main(
+        [
+            f"--checkpoint={tmp_path / 'model'}",
+            f"--tokenizer={data / 'tokenizer'}",
+            f"--image={image}",
+            "--template=###Human: <Img><ImageHere></Img> {} ###Assistant: ",
+            "--end=###",
+            "--ask=",
+            "--ask=what colour is the circle?",
+            "--num_beams=2",
+            "--max_new_tokens=4",
+        ]
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0 and len(out) == 2 and not any("###" in line for line in out)

@@ -105,3 +105,23 @@ def test_image_placeholder_prompt_splits_like_minigpt4(tmp_path):
     assert list(row["input_ids"][:n]) == head + after + target
     assert (row["labels"][: len(head) + len(after)] == text.IGNORE_INDEX).all()
     assert list(row["labels"][len(head) + len(after) : n]) == target
+
+
+def test_generation_prompt_with_image_placeholder(tok):
+    """<ImageHere> prompts: tokenised like training (BOS before, none after), offset in columns."""
+    before, after = "###Human: <Img>", "</Img> a red circle ###Assistant: "
+    prompts = [before + text.IMAGE_PLACEHOLDER + after, "Question: Answer:"]
+    b = text.generation_batch(tok, prompts, max_len=40)
+    head = [tok.bos_token_id] + _ids(tok, before)
+    ids = head + _ids(tok, after)
+    n = len(ids)
+    assert b["input_ids"][0, -n:].tolist() == ids
+    assert b["attention_mask"][0].tolist() == [0] * (40 - n) + [1] * n
+    assert b["image_offset"].tolist() == [40 - n + len(head), 0]  # no placeholder: image first
+    # Buckets drop leading all-padding columns; the offset moves with them.
+    cut = text.generation_batch(tok, prompts, max_len=40, buckets=(n, 40))
+    assert cut["input_ids"].shape == (2, n)
+    assert cut["image_offset"].tolist() == [len(head), 0]
+    np.testing.assert_array_equal(cut["input_ids"], b["input_ids"][:, -n:])
+    # Without any placeholder the batch keeps its usual keys.
+    assert "image_offset" not in text.generation_batch(tok, ["Question: Answer:"], 16)

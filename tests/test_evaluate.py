@@ -15,10 +15,12 @@ import pytest
 
 import vpgtrans_jax
 from vpgtrans_jax import torch_reference as F
+from vpgtrans_jax.data import text as text_lib
+from vpgtrans_jax.data.processors import blip_image_eval
 from vpgtrans_jax.data.synthetic_export import generate as make_synthetic
 from vpgtrans_jax.data.text import load_tokenizer
 from vpgtrans_jax.eval.scoring import score_files
-from vpgtrans_jax.generation import decode_outputs, generate_text, newline_eos_id
+from vpgtrans_jax.generation import decode_outputs, end_token_ids, generate_text, newline_eos_id
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,6 +153,51 @@ def test_predictions_equal_generate_text_and_limit(env, tmp_path):
     )
     # Batch composition (padding to batch_size 4, prompt bucket) must not change answers.
     assert [p["answer"] for p in preds] == texts
+
+
+def test_image_inside_the_prompt(env, tmp_path):
+    """A stage-3 template: evaluate.py and generate_text put the soft prompt at <ImageHere>."""
+    cfg = _config(env, "vqav2", **_vqa_paths(env, "val"))
+    cfg.limit = 2
+    cfg.max_prompt_len = 48
+    cfg.prompt = "###Human: <Img><ImageHere></Img> {} ###Assistant: "
+    evaluate_script.evaluate(cfg, str(tmp_path))
+    preds = json.loads((tmp_path / "predictions_vqav2.json").read_text())
+
+    source = evaluate_script.make_source(cfg)
+    model = vpgtrans_jax.load(env["ckpt"])
+    tok = load_tokenizer(env["tok"])
+    prompts = [evaluate_script.prompt_text(cfg, source[i]) for i in range(2)]
+    images = [source[i]["image_path"] for i in range(2)]
+    kw = dict(max_new_tokens=4, min_new_tokens=1, num_beams=2, length_penalty=-1.0)
+    texts = generate_text(model, tok, images, prompts, max_prompt_len=48, **kw)
+    assert [p["answer"] for p in preds] == texts
+    # The same ids with the image first (no placeholder) are a different prompt for the LLM.
+    batch = text_lib.generation_batch(tok, prompts, 48)
+    pixels = np.stack([blip_image_eval(im, model.config.vision.image_size) for im in images])
+    common = dict(eos_token_id=newline_eos_id(tok, "opt"), pad_token_id=tok.pad_token_id, **kw)
+    inside = model.generate(
+        pixels,
+        batch["input_ids"],
+        batch["attention_mask"],
+        image_offsets=batch["image_offset"],
+        **common,
+    )
+    first = model.generate(pixels, batch["input_ids"], batch["attention_mask"], **common)
+    expect = decode_outputs(tok, inside, [common["eos_token_id"]], tok.pad_token_id)
+    assert expect == texts
+    assert not np.array_equal(np.asarray(inside), np.asarray(first))
+
+
+def test_end_string_cuts_outputs(env):
+    tok = load_tokenizer(env["tok"])
+    ids = tok("a red circle ### more", add_special_tokens=False)["input_ids"]
+    rows = np.array([ids])
+    assert decode_outputs(tok, rows, [10**6], tok.pad_token_id, end="###") == ["a red circle"]
+    single = tok("###", add_special_tokens=False)["input_ids"]
+    want = single if len(single) == 1 else [tok.eos_token_id]
+    assert end_token_ids(tok, "opt", "###") == want
+    assert end_token_ids(tok, "opt", "\n") == [newline_eos_id(tok, "opt")]
 
 
 def test_newline_eos_and_decoding(env):

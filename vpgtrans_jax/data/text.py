@@ -90,14 +90,29 @@ def _pack(tokenizer: Any, ids: list[int], prompt_len: int, max_len: int) -> dict
 
 
 def encode_generation(tokenizer: Any, prompt: str, max_len: int) -> dict[str, np.ndarray]:
-    """One generation prompt -> left-padded ``input_ids``, ``attention_mask`` ``int32[max_len]``."""
-    ids = _ids(tokenizer, prompt)[:max_len]
+    """One generation prompt -> left-padded ``input_ids``, ``attention_mask`` ``int32[max_len]``.
+
+    Prompts are cut to ``max_len`` tokens on the right (as LAVIS). A prompt containing
+    ``<ImageHere>`` is tokenised as in training (``encode_train``: the part before it with BOS,
+    the rest without special tokens) and also gets ``image_offset`` (int32 scalar): how many
+    columns, padding included, precede the soft prompt (``generate(image_offsets=...)``).
+    """
+    head = None
+    if IMAGE_PLACEHOLDER in prompt:
+        before, after = prompt.split(IMAGE_PLACEHOLDER, 1)
+        head = _ids(tokenizer, before)
+        ids = (head + _plain_ids(tokenizer, after))[:max_len]
+    else:
+        ids = _ids(tokenizer, prompt)[:max_len]
     input_ids = np.full(max_len, pad_id(tokenizer), np.int32)
     mask = np.zeros(max_len, np.int32)
     if ids:
         input_ids[max_len - len(ids) :] = ids
         mask[max_len - len(ids) :] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+    out = {"input_ids": input_ids, "attention_mask": mask}
+    if head is not None:
+        out["image_offset"] = np.int32(max_len - len(ids) + min(len(head), len(ids)))
+    return out
 
 
 def bucket_length(needed: int, buckets: Sequence[int]) -> int:
@@ -154,6 +169,17 @@ def train_batch(
 def generation_batch(
     tokenizer: Any, prompts: Sequence[str], max_len: int, buckets: Sequence[int] | None = None
 ) -> dict[str, np.ndarray]:
-    """Prompts -> left-padded ``input_ids``/``attention_mask`` ``int32[B, T]``."""
+    """Prompts -> left-padded ``input_ids``/``attention_mask`` ``int32[B, T]``.
+
+    When any prompt has ``<ImageHere>`` the batch also holds ``image_offset`` int32[B] (0, i.e.
+    the soft prompt first, for the prompts without it), counted in the returned columns.
+    """
     rows = [encode_generation(tokenizer, p, max_len) for p in prompts]
-    return collate(rows, buckets, left_padded=True)
+    with_offset = any("image_offset" in r for r in rows)
+    if with_offset:
+        rows = [{"image_offset": np.int32(0), **r} for r in rows]
+    batch = collate(rows, buckets, left_padded=True)
+    if with_offset:  # collate may have dropped leading all-padding columns
+        cut = max_len - batch["input_ids"].shape[1]
+        batch["image_offset"] = np.maximum(batch["image_offset"] - cut, 0).astype(np.int32)
+    return batch

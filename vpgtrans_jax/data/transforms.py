@@ -128,8 +128,8 @@ class SampleProcessor(grain.transforms.RandomMap):
         }
         if cfg.mode == "train":
             row["labels"] = np.full(t, text.IGNORE_INDEX, np.int32)
-            if text.IMAGE_PLACEHOLDER in cfg.prompt:
-                row["image_offset"] = np.int32(0)
+        if text.IMAGE_PLACEHOLDER in cfg.prompt:
+            row["image_offset"] = np.int32(0)
         return row
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:

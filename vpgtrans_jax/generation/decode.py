@@ -31,10 +31,11 @@ def decode(
     attention_mask: jax.Array,
     key: jax.Array,
     cfg: GenerationConfig,
+    image_offsets: jax.Array | None = None,
 ) -> jax.Array:
     """The traced body of ``generate`` (call it inside ``jit``); see ``generate`` for shapes."""
     logits, cache, full_mask, positions = model.prefill(
-        pixel_values, input_ids, attention_mask, cfg.max_new_tokens
+        pixel_values, input_ids, attention_mask, cfg.max_new_tokens, image_offsets
     )
     r = cfg.expand
     if r > 1:
@@ -110,6 +111,7 @@ def generate(
     repetition_penalty: float = 1.0,
     num_return_sequences: int = 1,
     seed: int = 0,
+    image_offsets: Any = None,
 ) -> jax.Array:
     """Generates continuations of image-conditioned prompts (Hugging Face ``generate`` semantics).
 
@@ -122,6 +124,10 @@ def generate(
         temperature, top_p, top_k, repetition_penalty, num_return_sequences: as in HF.
       eos_token_id: one id or a list; ``pad_token_id`` fills each row after its EOS.
       seed: sampling seed (same seed, same samples).
+      image_offsets: optional int[B]: place the soft prompt after that many columns of
+        ``input_ids`` (padding included) instead of before the text, as the stage-3 template
+        ``###Human: <Img><ImageHere></Img> ...`` does (``data.text.encode_generation`` computes
+        them). HF's equivalent is ``num_query_tokens`` image tokens at that place in the ids.
 
     Returns:
       int32[B * num_return_sequences, max_new_tokens]: the new tokens only (prompt excluded);
@@ -142,7 +148,9 @@ def generate(
         repetition_penalty=float(repetition_penalty),
         num_return_sequences=num_return_sequences,
     )
-    return generate_with_config(model, pixel_values, input_ids, attention_mask, cfg, seed=seed)
+    return generate_with_config(
+        model, pixel_values, input_ids, attention_mask, cfg, seed=seed, image_offsets=image_offsets
+    )
 
 
 def generate_with_config(
@@ -153,11 +161,26 @@ def generate_with_config(
     cfg: GenerationConfig,
     *,
     seed: int = 0,
+    image_offsets: Any = None,
 ) -> jax.Array:
     """``generate`` with a ready ``GenerationConfig``."""
     if attention_mask is None:
         attention_mask = jnp.ones(np.shape(input_ids), jnp.int32)
     _check_inputs(pixel_values, input_ids, attention_mask)
+    if image_offsets is not None:
+        b, t = np.shape(input_ids)
+        if np.shape(image_offsets) != (b,):
+            raise ValueError(
+                f"image_offsets must be int[B] with B = {b}, got shape {np.shape(image_offsets)}"
+            )
+        if not isinstance(image_offsets, jax.core.Tracer):
+            bad = (np.asarray(image_offsets) < 0) | (np.asarray(image_offsets) > t)
+            if bad.any():
+                raise ValueError(
+                    f"image_offsets {np.asarray(image_offsets).tolist()} must lie in [0, {t}] "
+                    "(the number of input_ids columns before the soft prompt)"
+                )
+        image_offsets = jnp.asarray(image_offsets, jnp.int32)
     vocab = model.config.llm.vocab_size
     for name, value in (("eos_token_id", cfg.eos_token_ids), ("pad_token_id", (cfg.pad_token_id,))):
         if max(value) >= vocab:
@@ -169,4 +192,5 @@ def generate_with_config(
         jnp.asarray(attention_mask, jnp.int32),
         jax.random.key(seed),
         cfg=cfg,
+        image_offsets=image_offsets,
     )

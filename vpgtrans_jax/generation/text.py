@@ -4,6 +4,12 @@ End of sequence follows VPGTrans / LAVIS: generation stops at the token of ``"\\
 training targets end with ``"\\n"``). For OPT that is the first id of ``tok("\\n")`` (50118); for
 LLaMA's SentencePiece tokenizer ``"\\n"`` encodes as ``["▁", "<0x0A>"]`` and the *last* id is the
 newline. Decoded outputs are cut at the first EOS, special tokens dropped, and stripped.
+
+Stage-3 chat models (VL-Vicuna) end their answers with ``"###"`` instead and take prompts like
+``"###Human: <Img><ImageHere></Img> {question} ###Assistant: "``: ``end="###"`` stops at the
+token ``"###"`` encodes to (when it is one token) and cuts every output at its first ``"###"``
+(which also catches the multi-token spellings, as MiniGPT-4's stopping criteria do), and the
+soft prompt goes where ``<ImageHere>`` stands.
 """
 
 from __future__ import annotations
@@ -31,10 +37,34 @@ def newline_eos_id(tokenizer: Any, llm_type: str) -> int:
     raise ValueError(f"llm_type={llm_type!r}: expected 'opt' or 'llama'")
 
 
+def end_token_ids(tokenizer: Any, llm_type: str, end: str) -> list[int]:
+    """Token-level stop ids for the end-of-answer string ``end``.
+
+    ``"\\n"``: ``newline_eos_id``. Another string: its id when it encodes to one token, else the
+    tokenizer's EOS (the text is then cut at ``end`` after decoding).
+    """
+    if end == "\n":
+        return [newline_eos_id(tokenizer, llm_type)]
+    ids = list(tokenizer(end, add_special_tokens=False)["input_ids"])
+    if len(ids) == 1:
+        return ids
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            f"end={end!r} encodes to {len(ids)} tokens and the tokenizer has no EOS token to "
+            "stop at; pass eos_token_id"
+        )
+    return [int(tokenizer.eos_token_id)]
+
+
 def decode_outputs(
-    tokenizer: Any, tokens: Any, eos_token_ids: Sequence[int], pad_token_id: int
+    tokenizer: Any,
+    tokens: Any,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    end: str | None = None,
 ) -> list[str]:
-    """int[N, M] generated ids -> N strings (cut at the first EOS, pads and specials dropped)."""
+    """int[N, M] generated ids -> N strings (cut at the first EOS and at the first ``end``
+    string when given; pads and special tokens dropped; stripped)."""
     out = []
     eos = set(int(e) for e in eos_token_ids)
     for row in np.asarray(tokens).tolist():
@@ -44,7 +74,10 @@ def decode_outputs(
                 break
             if t != pad_token_id:
                 kept.append(t)
-        out.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+        text = tokenizer.decode(kept, skip_special_tokens=True)
+        if end:
+            text = text.split(end, 1)[0]
+        out.append(text.strip())
     return out
 
 
@@ -65,6 +98,7 @@ def generate_text(
     prompts: Sequence[str],
     *,
     max_prompt_len: int = 32,
+    end: str = "\n",
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
     **generate_kwargs: Any,
@@ -76,10 +110,12 @@ def generate_text(
       tokenizer: the LLM's Hugging Face tokenizer (it adds BOS, as the original does).
       images: float[B, H, W, 3] normalised pixels, or B PIL images / paths / encoded bytes
         (resized to the model's image size with ``blip_image_eval``).
-      prompts: B strings, e.g. ``"Question: what is it? Answer:"`` or ``""`` for captions.
+      prompts: B strings, e.g. ``"Question: what is it? Answer:"`` or ``""`` for captions; a
+        prompt with ``<ImageHere>`` gets the soft prompt at that place instead of first.
       max_prompt_len: prompts are cut to this many tokens (on the right, as LAVIS) and
         left-padded to the longest.
-      eos_token_id: default: the ``"\\n"`` token for the model's LLM type.
+      end: the end-of-answer string: ``"\\n"`` (VPGTrans stages 1-2) or ``"###"`` (stage 3).
+      eos_token_id: default: ``end_token_ids(tokenizer, llm_type, end)``.
       pad_token_id: default: the tokenizer's pad id, else its EOS id.
       **generate_kwargs: ``max_new_tokens``, ``num_beams``, ... (see ``generate``).
     """
@@ -89,13 +125,17 @@ def generate_text(
     if len(prompts) != pixels.shape[0]:
         raise ValueError(f"got {len(prompts)} prompts for {pixels.shape[0]} images")
     if eos_token_id is None:
-        eos_token_id = newline_eos_id(tokenizer, model.config.llm_type)
+        eos_token_id = end_token_ids(tokenizer, model.config.llm_type, end)
     if pad_token_id is None:
         pad_token_id = pad_id(tokenizer)
     batch = generation_batch(tokenizer, list(prompts), max_prompt_len)
     longest = int(batch["attention_mask"].sum(axis=1).max()) if len(prompts) else 0
-    ids = batch["input_ids"][:, max_prompt_len - longest :]
-    mask = batch["attention_mask"][:, max_prompt_len - longest :]
+    cut = max_prompt_len - longest  # leading columns that are padding in every row
+    ids = batch["input_ids"][:, cut:]
+    mask = batch["attention_mask"][:, cut:]
+    offsets = None
+    if "image_offset" in batch:
+        offsets = np.maximum(batch["image_offset"] - cut, 0).astype(np.int32)
     tokens = generate(
         model,
         pixels,
@@ -103,7 +143,8 @@ def generate_text(
         mask,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
+        image_offsets=offsets,
         **generate_kwargs,
     )
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    return decode_outputs(tokenizer, tokens, eos, pad_token_id)
+    return decode_outputs(tokenizer, tokens, eos, pad_token_id, end)

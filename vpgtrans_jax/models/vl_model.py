@@ -312,6 +312,7 @@ class VLModel(nnx.Module):
         input_ids: jax.Array,
         attention_mask: jax.Array,
         max_new_tokens: int,
+        image_offsets: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache, jax.Array, jax.Array]:
         """Runs [soft prompt ; left-padded text] into a fresh KV cache with room for new tokens.
 
@@ -322,13 +323,18 @@ class VLModel(nnx.Module):
         Args:
           pixel_values: float[B, H, W, 3]; input_ids, attention_mask: int[B, T], left-padded.
           max_new_tokens: cache slots reserved after the prompt.
+          image_offsets: optional int[B]: the soft prompt goes after that many text columns
+            (padding included) instead of first, as in the stage-3 ``<ImageHere>`` template.
 
         Returns:
           (float32[B, V] next-token logits, the cache (index Q + T), int32[B, Q + T + max_new]
           mask over every cache slot, int32[B] position of the first new token).
         """
         prompt = self.soft_prompt(pixel_values)
-        embeds, mask = self.prepend_prompt(prompt, input_ids, attention_mask)
+        if image_offsets is None:
+            embeds, mask = self.prepend_prompt(prompt, input_ids, attention_mask)
+        else:
+            embeds, mask = self.insert_prompt(prompt, input_ids, attention_mask, image_offsets)
         b, p = mask.shape
         # New slots are marked valid up front: causality hides them until they are written.
         full_mask = jnp.concatenate(
