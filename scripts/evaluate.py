@@ -121,13 +121,13 @@ class Evaluator:
     def __init__(self, cfg: Any):
         import vpgtrans_jax
         from vpgtrans_jax.data.text import load_tokenizer, pad_id
-        from vpgtrans_jax.generation import newline_eos_id
+        from vpgtrans_jax.generation import end_token_ids
 
         overrides = {"dtype": cfg.dtype} if cfg.dtype else {}
         self.cfg = cfg
         self.model = vpgtrans_jax.load(_need(cfg.checkpoint, "checkpoint", cfg.task), **overrides)
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.checkpoint)
-        self.eos = newline_eos_id(self.tokenizer, self.model.config.llm_type)
+        self.eos = end_token_ids(self.tokenizer, self.model.config.llm_type, cfg.end)
         self.pad = pad_id(self.tokenizer)
         self.image_size = self.model.config.vision.image_size
         self.pool = ThreadPoolExecutor(max(1, cfg.num_workers))
@@ -149,6 +149,7 @@ class Evaluator:
 
         from vpgtrans_jax.data.text import generation_batch
         from vpgtrans_jax.generation import decode_outputs
+        from vpgtrans_jax.generation.text import text_end
 
         cfg, n = self.cfg, len(records)
         # Fixed batch shape: pad the last batch by repeating its last record (outputs dropped).
@@ -172,7 +173,7 @@ class Evaluator:
             eos_token_id=self.eos,
             pad_token_id=self.pad,
         )
-        return decode_outputs(self.tokenizer, tokens, [self.eos], self.pad)[:n]
+        return decode_outputs(self.tokenizer, tokens, self.eos, self.pad, text_end(cfg.end))[:n]
 
 
 def run_share(cfg: Any, source: Any, indices: list[int], show_progress: bool) -> list[tuple]:

@@ -187,6 +187,12 @@ def test_image_inside_the_prompt(env, tmp_path):
     expect = decode_outputs(tok, inside, [common["eos_token_id"]], tok.pad_token_id)
     assert expect == texts
     assert not np.array_equal(np.asarray(inside), np.asarray(first))
+    # A stage-3 end of answer: evaluate.py and generate_text agree on it too.
+    cfg.end = "###"
+    evaluate_script.evaluate(cfg, str(tmp_path / "hashes"))
+    preds = json.loads((tmp_path / "hashes" / "predictions_vqav2.json").read_text())
+    texts = generate_text(model, tok, images, prompts, max_prompt_len=48, end="###", **kw)
+    assert [p["answer"] for p in preds] == texts
 
 
 def test_end_string_cuts_outputs(env):

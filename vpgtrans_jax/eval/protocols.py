@@ -16,8 +16,9 @@ def _common(task: str, prompt: str, batch_size: int) -> ml_collections.ConfigDic
     c.checkpoint = ""  # anything vpgtrans_jax.load accepts
     c.tokenizer = ""  # HF tokenizer directory; "" = the checkpoint directory
     c.dtype = ""  # "" = as stored; e.g. "bfloat16" for compute
-    c.prompt = prompt
+    c.prompt = prompt  # may hold <ImageHere> (stage-3 template): the image goes there
     c.max_prompt_len = 32
+    c.end = "\n"  # end of an answer: "\n" (VPGTrans); "###" for stage-3 chat models
     c.batch_size = batch_size
     c.limit = 0  # > 0: evaluate only the first `limit` samples (scored as a subset)
     c.num_workers = 8  # image-decoding threads

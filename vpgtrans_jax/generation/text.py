@@ -56,6 +56,12 @@ def end_token_ids(tokenizer: Any, llm_type: str, end: str) -> list[int]:
     return [int(tokenizer.eos_token_id)]
 
 
+def text_end(end: str) -> str | None:
+    """The string to cut decoded outputs at: None for ``"\\n"`` (LAVIS stops at the token only,
+    so a ``"\\n\\n"`` token stays in the text), else ``end`` (MiniGPT-4 cuts at ``"###"``)."""
+    return None if end == "\n" else end
+
+
 def decode_outputs(
     tokenizer: Any,
     tokens: Any,
@@ -147,4 +153,4 @@ def generate_text(
         **generate_kwargs,
     )
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    return decode_outputs(tokenizer, tokens, eos, pad_token_id, end)
+    return decode_outputs(tokenizer, tokens, eos, pad_token_id, text_end(end))
