@@ -29,14 +29,14 @@ def _prompts():
     return pixels, np.where(mask == 1, ids, PAD).astype(np.int32), mask
 
 
-def hf_generate(pt_model, pixels, ids, mask, **kw) -> np.ndarray:
-    """New tokens from HF; its prompt is ``[pads, Q image tokens, text]`` (HF's left padding)."""
+def hf_generate(pt_model, pixels, ids, mask, offsets=None, **kw) -> np.ndarray:
+    """New tokens from HF, its image tokens after ``offsets[b]`` columns of the left-padded
+    ``ids``; by default after the padding (``[pads, Q image tokens, text]``, HF's layout)."""
     q = pt_model.config.num_query_tokens
-    rows_ids, rows_mask = [], []
-    for i, m in zip(ids, mask):
-        n_pad = int((m == 0).sum())
-        rows_ids.append([PAD] * n_pad + [F.IMAGE_TOKEN] * q + list(i[n_pad:]))
-        rows_mask.append([0] * n_pad + [1] * (q + len(i) - n_pad))
+    if offsets is None:
+        offsets = (mask == 0).sum(axis=1)
+    rows_ids = [list(i[:k]) + [F.IMAGE_TOKEN] * q + list(i[k:]) for i, k in zip(ids, offsets)]
+    rows_mask = [list(m[:k]) + [1] * q + list(m[k:]) for m, k in zip(mask, offsets)]
     pt_ids = torch.tensor(rows_ids)
     with torch.no_grad():
         out = pt_model.generate(
@@ -139,30 +139,13 @@ def test_prefill_and_steps_match_full_forward(setup):
     np.testing.assert_allclose(np.stack(got, 1), full[:, -4:-1], atol=1e-4, rtol=0)
 
 
-def hf_generate_inside(pt_model, pixels, ids, mask, offsets, **kw) -> np.ndarray:
-    """HF with its image tokens after ``offsets[b]`` columns of the left-padded ``ids``."""
-    q = pt_model.config.num_query_tokens
-    rows_ids = [list(i[:k]) + [F.IMAGE_TOKEN] * q + list(i[k:]) for i, k in zip(ids, offsets)]
-    rows_mask = [list(m[:k]) + [1] * q + list(m[k:]) for m, k in zip(mask, offsets)]
-    pt_ids = torch.tensor(rows_ids)
-    with torch.no_grad():
-        out = pt_model.generate(
-            pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2),
-            input_ids=pt_ids,
-            attention_mask=torch.tensor(rows_mask),
-            pad_token_id=PAD,
-            **kw,
-        )
-    return out[:, pt_ids.shape[1] :].numpy()
-
-
 @pytest.mark.parametrize("name", ["greedy", "beam5_lp_neg_min_new"])
 def test_soft_prompt_inside_the_prompt_matches_hf(setup, name):
     """Stage-3 ``<ImageHere>`` prompts: the image after some text tokens of each row."""
     pixels, ids, mask = setup["inputs"]
     offsets = np.array([2, 3, 5], np.int32)  # row 1 has 2 pads, row 2 one; 5 = after all text
     kw = dict(SETTINGS[name], max_new_tokens=MAX_NEW, eos_token_id=setup["eos"])
-    ref = hf_generate_inside(setup["pt"], pixels, ids, mask, offsets, **kw)
+    ref = hf_generate(setup["pt"], pixels, ids, mask, offsets, **kw)
     ours = setup["model"].generate(pixels, ids, mask, pad_token_id=PAD, image_offsets=offsets, **kw)
     _assert_same(ours, ref)
     # Offsets of 0 are the ordinary prompt-first layout.

@@ -147,10 +147,27 @@ def collate(
         t = bucket_length(longest, buckets)
         if t > mask.shape[1]:
             raise ValueError(f"bucket length {t} exceeds the padded length {mask.shape[1]}")
-        for k in ("input_ids", "attention_mask", "labels"):
+        if left_padded:
+            return keep_last_columns(batch, t)
+        for k in _SEQUENCE_KEYS:
             if k in batch:
-                batch[k] = batch[k][:, -t:] if left_padded else batch[k][:, :t]
+                batch[k] = batch[k][:, :t]
     return batch
+
+
+_SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def keep_last_columns(batch: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
+    """A left-padded batch cut to its last ``t`` columns; ``image_offset`` moves with the cut."""
+    cut = batch["input_ids"].shape[1] - t
+    out = dict(batch)
+    for k in _SEQUENCE_KEYS:
+        if k in out:
+            out[k] = out[k][:, cut:]
+    if "image_offset" in out:
+        out["image_offset"] = np.maximum(out["image_offset"] - cut, 0).astype(np.int32)
+    return out
 
 
 def train_batch(
@@ -175,11 +192,6 @@ def generation_batch(
     the soft prompt first, for the prompts without it), counted in the returned columns.
     """
     rows = [encode_generation(tokenizer, p, max_len) for p in prompts]
-    with_offset = any("image_offset" in r for r in rows)
-    if with_offset:
+    if any("image_offset" in r for r in rows):
         rows = [{"image_offset": np.int32(0), **r} for r in rows]
-    batch = collate(rows, buckets, left_padded=True)
-    if with_offset:  # collate may have dropped leading all-padding columns
-        cut = max_len - batch["input_ids"].shape[1]
-        batch["image_offset"] = np.maximum(batch["image_offset"] - cut, 0).astype(np.int32)
-    return batch
+    return collate(rows, buckets, left_padded=True)

@@ -66,9 +66,24 @@ def decode(
 _decode_jit = jax.jit(decode, static_argnames=("cfg",))
 
 
-def _check_inputs(pixel_values: Any, input_ids: Any, attention_mask: Any) -> None:
+def _check_inputs(
+    pixel_values: Any, input_ids: Any, attention_mask: Any, image_offsets: Any = None
+) -> None:
     if np.ndim(input_ids) != 2:
         raise ValueError(f"input_ids must be int[B, T], got shape {np.shape(input_ids)}")
+    b, t = np.shape(input_ids)
+    if image_offsets is not None:
+        if np.shape(image_offsets) != (b,):
+            raise ValueError(
+                f"image_offsets must be int[B] with B = {b}, got shape {np.shape(image_offsets)}"
+            )
+        if not isinstance(image_offsets, jax.core.Tracer):
+            offsets = np.asarray(image_offsets)
+            if ((offsets < 0) | (offsets > t)).any():
+                raise ValueError(
+                    f"image_offsets {offsets.tolist()} must lie in [0, {t}] "
+                    "(the number of input_ids columns before the soft prompt)"
+                )
     if np.shape(attention_mask) != np.shape(input_ids):
         raise ValueError(
             f"attention_mask shape {np.shape(attention_mask)} must equal input_ids shape "
@@ -166,20 +181,8 @@ def generate_with_config(
     """``generate`` with a ready ``GenerationConfig``."""
     if attention_mask is None:
         attention_mask = jnp.ones(np.shape(input_ids), jnp.int32)
-    _check_inputs(pixel_values, input_ids, attention_mask)
+    _check_inputs(pixel_values, input_ids, attention_mask, image_offsets)
     if image_offsets is not None:
-        b, t = np.shape(input_ids)
-        if np.shape(image_offsets) != (b,):
-            raise ValueError(
-                f"image_offsets must be int[B] with B = {b}, got shape {np.shape(image_offsets)}"
-            )
-        if not isinstance(image_offsets, jax.core.Tracer):
-            bad = (np.asarray(image_offsets) < 0) | (np.asarray(image_offsets) > t)
-            if bad.any():
-                raise ValueError(
-                    f"image_offsets {np.asarray(image_offsets).tolist()} must lie in [0, {t}] "
-                    "(the number of input_ids columns before the soft prompt)"
-                )
         image_offsets = jnp.asarray(image_offsets, jnp.int32)
     vocab = model.config.llm.vocab_size
     for name, value in (("eos_token_id", cfg.eos_token_ids), ("pad_token_id", (cfg.pad_token_id,))):

@@ -125,7 +125,7 @@ def generate_text(
       pad_token_id: default: the tokenizer's pad id, else its EOS id.
       **generate_kwargs: ``max_new_tokens``, ``num_beams``, ... (see ``generate``).
     """
-    from vpgtrans_jax.data.text import generation_batch, pad_id
+    from vpgtrans_jax.data.text import generation_batch, keep_last_columns, pad_id
 
     pixels = _pixels(model, images)
     if len(prompts) != pixels.shape[0]:
@@ -136,20 +136,15 @@ def generate_text(
         pad_token_id = pad_id(tokenizer)
     batch = generation_batch(tokenizer, list(prompts), max_prompt_len)
     longest = int(batch["attention_mask"].sum(axis=1).max()) if len(prompts) else 0
-    cut = max_prompt_len - longest  # leading columns that are padding in every row
-    ids = batch["input_ids"][:, cut:]
-    mask = batch["attention_mask"][:, cut:]
-    offsets = None
-    if "image_offset" in batch:
-        offsets = np.maximum(batch["image_offset"] - cut, 0).astype(np.int32)
+    batch = keep_last_columns(batch, longest)  # the others are padding in every row
     tokens = generate(
         model,
         pixels,
-        ids,
-        mask,
+        batch["input_ids"],
+        batch["attention_mask"],
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
-        image_offsets=offsets,
+        image_offsets=batch.get("image_offset"),
         **generate_kwargs,
     )
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)

@@ -257,6 +257,20 @@ class VLModel(nnx.Module):
             return jnp.broadcast_to(idx + q, (batch, t))
         return idx + q * (idx >= image_offsets.astype(jnp.int32)[:, None])
 
+    def prompt_embeds(
+        self,
+        pixel_values: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        image_offsets: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """LLM inputs float[B, Q + T, E] and mask int[B, Q + T]: the soft prompt first, or
+        inserted after ``image_offsets[b]`` text columns."""
+        prompt = self.soft_prompt(pixel_values)
+        if image_offsets is None:
+            return self.prepend_prompt(prompt, input_ids, attention_mask)
+        return self.insert_prompt(prompt, input_ids, attention_mask, image_offsets)
+
     def hidden_states(
         self,
         pixel_values: jax.Array,
@@ -268,11 +282,7 @@ class VLModel(nnx.Module):
         ``image_offsets``): float[B, Q + T, E]."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        prompt = self.soft_prompt(pixel_values)
-        if image_offsets is None:
-            embeds, mask = self.prepend_prompt(prompt, input_ids, attention_mask)
-        else:
-            embeds, mask = self.insert_prompt(prompt, input_ids, attention_mask, image_offsets)
+        embeds, mask = self.prompt_embeds(pixel_values, input_ids, attention_mask, image_offsets)
         hidden, _ = self.llm.hidden_states(embeds, mask)
         return hidden
 
@@ -330,11 +340,7 @@ class VLModel(nnx.Module):
           (float32[B, V] next-token logits, the cache (index Q + T), int32[B, Q + T + max_new]
           mask over every cache slot, int32[B] position of the first new token).
         """
-        prompt = self.soft_prompt(pixel_values)
-        if image_offsets is None:
-            embeds, mask = self.prepend_prompt(prompt, input_ids, attention_mask)
-        else:
-            embeds, mask = self.insert_prompt(prompt, input_ids, attention_mask, image_offsets)
+        embeds, mask = self.prompt_embeds(pixel_values, input_ids, attention_mask, image_offsets)
         b, p = mask.shape
         # New slots are marked valid up front: causality hides them until they are written.
         full_mask = jnp.concatenate(
