@@ -162,27 +162,12 @@ def test_input_errors(setup):
     right[0, -1] = 0
     with pytest.raises(ValueError, match="not left-padded"):
         model.generate(pixels, ids, right, max_new_tokens=2, eos_token_id=0, pad_token_id=PAD)
+    kw = dict(max_new_tokens=2, eos_token_id=0, pad_token_id=PAD)
     with pytest.raises(ValueError, match="num_return_sequences=2 needs beam search"):
-        model.generate(
-            pixels,
-            ids,
-            mask,
-            max_new_tokens=2,
-            eos_token_id=0,
-            pad_token_id=PAD,
-            num_return_sequences=2,
-        )
+        model.generate(pixels, ids, mask, num_return_sequences=2, **kw)
     for bad in (np.array([0, 6, 1]), np.array([1, 2])):
         with pytest.raises(ValueError, match="image_offsets"):
-            model.generate(
-                pixels,
-                ids,
-                mask,
-                max_new_tokens=2,
-                eos_token_id=0,
-                pad_token_id=PAD,
-                image_offsets=bad,
-            )
+            model.generate(pixels, ids, mask, image_offsets=bad, **kw)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model.generate(pixels, ids, mask, max_new_tokens=2, eos_token_id=10**6, pad_token_id=PAD)
     with pytest.raises(ValueError, match="pixel_values must be"):
