@@ -6,6 +6,11 @@ the same settings on CPU. ``min_new_tokens = max_new_tokens`` forbids EOS, so bo
 (one warm-up call). The two alternate, so a change in machine load hits both, and each timed
 call follows an untimed call of the same kind (steady state, as in an evaluation loop); the
 report gives each one's median over ``--reps`` runs and the median of the per-pair ratios.
+``--threads N`` pins the process to N cores, so XLA's thread pool and torch get the same ones.
+
+Each shape also times the *matmul floor*: a loop of only the LLM's weight matmuls for the same
+rows. HF's time over the floor ("ceiling") bounds what any decoder built on XLA's matmuls could
+gain on this machine.
 
     python scripts/bench_generate.py                 # OPT, batch 4, 5 beams, 30 new tokens
     python scripts/bench_generate.py --llm llama --threads 2
@@ -47,10 +52,61 @@ SWEEP = (
 )
 
 
+def _limit_cores(threads: int) -> None:
+    """Runs this process (torch and XLA alike) on ``threads`` CPU cores.
+
+    XLA sizes its CPU thread pool from the cores this process may use and splits large fusions
+    across it; only an affinity mask, set before JAX starts its CPU backend, holds it to the
+    same cores torch gets.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if threads > len(cores):
+        raise SystemExit(f"--threads {threads}: this process may use only {len(cores)} cores")
+    os.sched_setaffinity(0, cores[:threads])
+
+
 def _seconds(fn) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
+
+
+def _matmul_floor(model, rows: int, steps: int, reps: int) -> float:
+    """Seconds per step of a loop that does only the LLM's weight matmuls for ``rows`` rows.
+
+    Every Dense kernel of the decoder layers in order, then the output head (as ``logits``
+    computes it), with nothing else: what one decoding step cannot go below on this machine with
+    XLA's fp32 matmuls, whatever the rest of the step costs.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from vpgtrans_jax.layers import Dense
+
+    llm = model.llm
+    kernels = [m.kernel[...] for _, m in nnx.iter_graph(llm.layers) if isinstance(m, Dense)]
+    width = model.config.llm.input_embed_dim
+
+    def fit(a, n):  # columns sliced or zero-padded to n
+        return a[:, :n] if a.shape[1] >= n else jnp.pad(a, ((0, 0), (0, n - a.shape[1])))
+
+    def body(_, x):
+        h = x
+        for w in kernels:
+            h = jnp.dot(fit(h, w.shape[0]), w)
+        logits = llm.logits(fit(h, width)[:, None, :])[:, 0]
+        return x + 1e-6 * fit(logits, x.shape[1])  # keeps every step dependent on the last
+
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, steps, body, x))
+    x = jnp.ones((rows, kernels[0].shape[0]), jnp.float32)
+    loop(x).block_until_ready()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        loop(x).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / steps
 
 
 def _compare(args) -> dict:
@@ -101,7 +157,9 @@ def _compare(args) -> dict:
         t, out_pt = _seconds(theirs)
         t_pt.append(t)
     same = out_pt.shape == out_ours.shape and bool((out_pt == out_ours).all())
+    floor = _matmul_floor(model, args.batch * args.beams, args.max_new_tokens, args.reps)
     return dict(
+        floor=floor,
         ours=statistics.median(t_ours),
         theirs=statistics.median(t_pt),
         ratio=statistics.median(p / o for o, p in zip(t_ours, t_pt)),
@@ -131,15 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         "--threads",
         type=int,
         default=1,
-        help="CPU threads for both: torch intra-op threads; XLA runs single-threaded when 1 "
-        "(default 1: a fair, low-noise comparison on a shared machine)",
+        help="CPU cores for both: the process is pinned to that many cores and torch gets as "
+        "many intra-op threads (default 1: a fair, low-noise comparison on a shared machine)",
     )
     args = p.parse_args(argv)
-    if args.threads == 1:  # must be set before JAX initialises its CPU backend
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        ).strip()
+    _limit_cores(args.threads)
 
     import jax
     import torch
@@ -158,23 +212,30 @@ def main(argv: list[str] | None = None) -> None:
         )
         r = _compare(run)
         steps = args.max_new_tokens
+        # No implementation of these steps can beat HF by more than this on this machine.
+        ceiling = r["theirs"] / (r["floor"] * steps)
         rows.append(
             f"| {hidden} | {layers} | {vocab} | {batch} | {r['tokens'] / r['ours']:.0f} | "
             f"{r['tokens'] / r['theirs']:.0f} | {1e3 * r['ours'] / steps:.1f} | "
-            f"{1e3 * r['theirs'] / steps:.1f} | {r['ratio']:.2f}x | {r['same']} |"
+            f"{1e3 * r['theirs'] / steps:.1f} | {1e3 * r['floor']:.1f} | {r['ratio']:.2f}x | "
+            f"{ceiling:.1f}x | {r['same']} |"
         )
         print(
             f"hidden {hidden}, {layers} layers, vocab {vocab}; batch {batch}\n"
             f"  ours (jax)   : {r['tokens'] / r['ours']:8.1f} tokens/s  ({r['ours']:.3f} s; "
             f"compile {r['compile']:.1f} s)\n"
             f"  pytorch (HF) : {r['tokens'] / r['theirs']:8.1f} tokens/s  ({r['theirs']:.3f} s)\n"
-            f"  speed-up     : {r['ratio']:.2f}x   same token ids: {r['same']}",
+            f"  speed-up     : {r['ratio']:.2f}x   same token ids: {r['same']}\n"
+            f"  matmul floor : {1e3 * r['floor']:.2f} ms/step (the LLM's weight matmuls alone)\n"
+            f"  ceiling      : {ceiling:.1f}x (HF time / floor: the most a decoder built on these "
+            "matmuls could gain)",
             flush=True,
         )
     if args.sweep:
         print(
             "\n| hidden | layers | vocab | batch | ours tok/s | HF tok/s | ours ms/step "
-            "| HF ms/step | speed-up | same ids |\n|---|---|---|---|---|---|---|---|---|---|"
+            "| HF ms/step | matmul floor ms/step | speed-up | ceiling | same ids |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"
         )
         print("\n".join(rows))
 

@@ -24,6 +24,7 @@ from flax import struct
 
 from vpgtrans_jax import sharding
 from vpgtrans_jax.attention import causal_padding_mask, dot_product_attention
+from vpgtrans_jax.beam_cache import BeamLayerKV, beam_cached_attention
 
 CACHE_AXES = ("layers", "cache_batch", "cache_heads", "cache_length", "head_dim")
 
@@ -177,7 +178,12 @@ def cached_attention(
 
     Returns:
       (float[N, T, H, D] attention output, the updated (k, v) layer cache).
+
+    A ``beam_cache.BeamLayerKV`` in ``kv`` (with its ``BeamMask``) is handled by
+    ``beam_cache.beam_cached_attention``.
     """
+    if isinstance(kv, BeamLayerKV):
+        return beam_cached_attention(q, k, v, kv, index, mask, scale=scale, dtype=dtype)
     k_cache, v_cache = update_layer_cache(kv[0], kv[1], k, v, index)
     out = dot_product_attention(
         q, k_cache, v_cache, mask, scale=scale, dtype=dtype, kv_layout="bksd"

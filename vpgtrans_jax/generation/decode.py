@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vpgtrans_jax.beam_cache import BeamKVCache
 from vpgtrans_jax.generation import processors
 from vpgtrans_jax.generation.beam import beam_search
 from vpgtrans_jax.generation.config import EarlyStopping, GenerationConfig
@@ -38,9 +39,13 @@ def decode(
         pixel_values, input_ids, attention_mask, cfg.max_new_tokens, image_offsets
     )
     r = cfg.expand
+    if cfg.is_beam:
+        # The prompt's keys/values once per prompt; beams share generated slots (no reorder).
+        cache = BeamKVCache.from_prefill(cache, r, full_mask.shape[1] - cfg.max_new_tokens)
+    elif r > 1:
+        cache = cache.repeat_rows(r)
     if r > 1:
         logits = jnp.repeat(logits, r, axis=0)
-        cache = cache.repeat_rows(r)
         full_mask = jnp.repeat(full_mask, r, axis=0)
         positions = jnp.repeat(positions, r, axis=0)
     if not model.config.llm.scan_layers:
