@@ -55,7 +55,7 @@ def test_attention_along_beam_paths_equals_a_reordered_cache():
             q, k, v, beam.layer_inputs()[0], beam.index, beam.attention_mask(key_valid, 1), **kw
         )
         np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-6)
-        assert isinstance(beam_kv, BeamLayerKV) and beam_kv.prompt_k is None
+        assert isinstance(beam_kv, BeamLayerKV)
         plain = plain.advance([plain_kv], 1)
         beam = beam.advance([beam_kv], 1)
         # Beams follow random parents within their prompt (as beam search does).
@@ -68,17 +68,22 @@ def test_attention_along_beam_paths_equals_a_reordered_cache():
 def test_ancestry_follows_the_selected_rows():
     beam = BeamKVCache.from_prefill(_prefilled(np.random.default_rng(1)), NB, P)
     mask = beam.attention_mask(jnp.asarray(_key_valid()), 1)
-    assert mask.gen.shape == (B, NB, T * NB) and mask.prompt.shape == (B, P)
-    np.testing.assert_array_equal(mask.prompt, _key_valid()[::NB, :P].astype(bool))
+    assert mask.mask.shape == (B, NB, P + T * NB) and int(mask.slot) == P
+    prompt = np.repeat(_key_valid()[::NB, None, :P], NB, axis=1).astype(bool)
+    np.testing.assert_array_equal(mask.mask[:, :, :P], prompt)
+    for n in range(NB):  # step 0: each beam sees only the entry it writes now
+        assert (np.flatnonzero(mask.mask[0, n, P:]) == [n]).all()
     beam = beam.advance(beam.layer_inputs(), 1)  # step 0 written: beam n owns its entry
     np.testing.assert_array_equal(beam.ancestry[:, :, 0], np.tile(np.arange(NB), (B, 1)))
     assert (np.asarray(beam.ancestry[:, :, 1:]) == -1).all()
     rows = jnp.asarray([2, 2, 0, 4, 3, 3])  # prompt 0: beams 2, 2, 0; prompt 1: 1, 0, 0
     moved = beam.select_rows(rows)
     np.testing.assert_array_equal(moved.ancestry[:, :, 0], [[2, 2, 0], [1, 0, 0]])
-    np.testing.assert_array_equal(moved.gen_k, beam.gen_k)  # keys and values never move
+    np.testing.assert_array_equal(moved.k, beam.k)  # keys and values never move
     # Step 1: beam n sees its own new entry (1, n) and its parent's entry of step 0.
-    gen = np.asarray(moved.attention_mask(jnp.asarray(_key_valid()), 1).gen)
+    mask = moved.attention_mask(jnp.asarray(_key_valid()), 1)
+    assert int(mask.slot) == P + NB
+    gen = np.asarray(mask.mask[:, :, P:])
     for b, parents in enumerate([[2, 2, 0], [1, 0, 0]]):
         for n, parent in enumerate(parents):
             seen = np.flatnonzero(gen[b, n])
@@ -93,11 +98,13 @@ def test_forms_shapes_and_errors():
         assert (c.num_layers, c.batch, c.num_kv_heads, c.head_dim) == (3, N, K, D)
         assert (c.prompt_length, c.max_new_tokens, c.max_length) == (P, T, P + T)
     back = layered.stack()
-    for name in ("prompt_k", "prompt_v", "gen_k", "gen_v"):
-        np.testing.assert_array_equal(getattr(back, name), getattr(beam, name))
-    # Keys are stored d-major, values slot-major; the prompt once per prompt.
-    assert beam.prompt_k.shape == (3, B, K, D, P) and beam.prompt_v.shape == (3, B, K, P, D)
-    assert beam.gen_k.shape == (3, B, K, D, T * NB) and beam.gen_v.shape == (3, B, K, T * NB, D)
+    np.testing.assert_array_equal(back.k, beam.k)
+    np.testing.assert_array_equal(back.v, beam.v)
+    # Keys are stored d-major, values slot-major; the prompt once per prompt, then T * NB slots.
+    assert beam.k.shape == (3, B, K, D, P + T * NB) and beam.v.shape == (3, B, K, P + T * NB, D)
+    prefilled = _prefilled(np.random.default_rng(2), layers=3)
+    np.testing.assert_array_equal(beam.v[:, :, :, :P], prefilled.v[:, :, :, :P])
+    np.testing.assert_array_equal(beam.k[..., :P], np.swapaxes(prefilled.k[:, :, :, :P], 3, 4))
     with pytest.raises(ValueError, match="one token per row"):
         beam.attention_mask(jnp.ones((N, P + T)), 2)
     with pytest.raises(NotImplementedError):
