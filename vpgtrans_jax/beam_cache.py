@@ -23,7 +23,7 @@ every step. ``T`` is the number of new tokens, ``NB`` the number of beams; rows 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +31,7 @@ from flax import struct
 
 from vpgtrans_jax import sharding
 from vpgtrans_jax.attention import _NEG
-
-if TYPE_CHECKING:
-    from vpgtrans_jax.kv_cache import KVCache
+from vpgtrans_jax.kv_cache import KVCache, LayerForms
 
 _VALUE_AXES = ("cache_batch", "cache_heads", "cache_length", "head_dim")
 _KEY_AXES = ("cache_batch", "cache_heads", "head_dim", "cache_length")
@@ -46,6 +44,20 @@ class BeamLayerKV:
     k: jax.Array
     v: jax.Array
 
+    def attend(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        index: jax.Array,
+        mask: BeamMask,
+        *,
+        scale: float,
+        dtype: jnp.dtype | type,
+    ) -> tuple[jax.Array, BeamLayerKV]:
+        """``kv_cache.cached_attention`` for this layout: ``beam_cached_attention``."""
+        return beam_cached_attention(q, k, v, self, index, mask, scale=scale, dtype=dtype)
+
 
 @struct.dataclass
 class BeamMask:
@@ -57,7 +69,7 @@ class BeamMask:
 
 
 @struct.dataclass
-class BeamKVCache:
+class BeamKVCache(LayerForms):
     """The beam-search cache (module docstring). ``k``/``v`` are stacked float[L, ...] arrays or
     tuples of L per-layer arrays, as ``KVCache``'s are.
 
@@ -78,14 +90,6 @@ class BeamKVCache:
     num_beams: int = struct.field(pytree_node=False)
 
     # -- shape ----------------------------------------------------------------------------------
-
-    @property
-    def stacked(self) -> bool:
-        return not isinstance(self.k, (tuple, list))
-
-    @property
-    def num_layers(self) -> int:
-        return self.k.shape[0] if self.stacked else len(self.k)
 
     @property
     def _value_shape(self) -> tuple[int, int, int, int]:
@@ -150,16 +154,6 @@ class BeamKVCache:
             num_beams=num_beams,
         )
         return out.stack() if stacked else out
-
-    def per_layer(self) -> BeamKVCache:
-        if not self.stacked:
-            return self
-        return self.replace(k=tuple(self.k), v=tuple(self.v))
-
-    def stack(self) -> BeamKVCache:
-        if self.stacked:
-            return self
-        return self.replace(k=jnp.stack(self.k), v=jnp.stack(self.v))
 
     def select_rows(self, rows: jax.Array) -> BeamKVCache:
         """Row ``n`` continues row ``rows[n]`` (int[N], within the same prompt): only the

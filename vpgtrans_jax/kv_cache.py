@@ -16,7 +16,7 @@ transpose every layer's cache on every step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +24,37 @@ from flax import struct
 
 from vpgtrans_jax import sharding
 from vpgtrans_jax.attention import causal_padding_mask, dot_product_attention
-from vpgtrans_jax.beam_cache import BeamLayerKV, beam_cached_attention
 
 CACHE_AXES = ("layers", "cache_batch", "cache_heads", "cache_length", "head_dim")
 
 
+class LayerForms:
+    """The stacked / per-layer forms shared by ``KVCache`` and ``beam_cache.BeamKVCache``: a
+    dataclass with ``k`` and ``v`` fields, each float[L, ...] or a tuple of L arrays."""
+
+    @property
+    def stacked(self) -> bool:
+        return not isinstance(self.k, (tuple, list))
+
+    @property
+    def num_layers(self) -> int:
+        return self.k.shape[0] if self.stacked else len(self.k)
+
+    def per_layer(self) -> Self:
+        """The same cache as tuples of per-layer arrays."""
+        if not self.stacked:
+            return self
+        return self.replace(k=tuple(self.k), v=tuple(self.v))
+
+    def stack(self) -> Self:
+        """The same cache as stacked arrays with a leading layer axis."""
+        if self.stacked:
+            return self
+        return self.replace(k=jnp.stack(self.k), v=jnp.stack(self.v))
+
+
 @struct.dataclass
-class KVCache:
+class KVCache(LayerForms):
     """Static-shape key/value cache for incremental decoding (see the module docstring).
 
     Attributes:
@@ -45,14 +69,6 @@ class KVCache:
     index: jax.Array
 
     # -- shape ----------------------------------------------------------------------------------
-
-    @property
-    def stacked(self) -> bool:
-        return not isinstance(self.k, (tuple, list))
-
-    @property
-    def num_layers(self) -> int:
-        return self.k.shape[0] if self.stacked else len(self.k)
 
     @property
     def layer_shape(self) -> tuple[int, int, int, int]:
@@ -92,18 +108,6 @@ class KVCache:
         return cls(
             k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), index=jnp.zeros((), jnp.int32)
         )
-
-    def per_layer(self) -> KVCache:
-        """The same cache as tuples of per-layer arrays."""
-        if not self.stacked:
-            return self
-        return self.replace(k=tuple(self.k), v=tuple(self.v))
-
-    def stack(self) -> KVCache:
-        """The same cache as stacked arrays with a leading layer axis."""
-        if self.stacked:
-            return self
-        return self.replace(k=jnp.stack(self.k), v=jnp.stack(self.v))
 
     def _map_layers(self, fn: Callable[[jax.Array], jax.Array]) -> KVCache:
         if self.stacked:
@@ -179,11 +183,10 @@ def cached_attention(
     Returns:
       (float[N, T, H, D] attention output, the updated (k, v) layer cache).
 
-    A ``beam_cache.BeamLayerKV`` in ``kv`` (with its ``BeamMask``) is handled by
-    ``beam_cache.beam_cached_attention``.
+    A layer cache of another layout (``beam_cache.BeamLayerKV``) brings its own ``attend``.
     """
-    if isinstance(kv, BeamLayerKV):
-        return beam_cached_attention(q, k, v, kv, index, mask, scale=scale, dtype=dtype)
+    if not isinstance(kv, tuple):
+        return kv.attend(q, k, v, index, mask, scale=scale, dtype=dtype)
     k_cache, v_cache = update_layer_cache(kv[0], kv[1], k, v, index)
     out = dot_product_attention(
         q, k_cache, v_cache, mask, scale=scale, dtype=dtype, kv_layout="bksd"

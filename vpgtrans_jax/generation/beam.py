@@ -12,7 +12,8 @@ Per prompt, ``K = num_beams`` running hypotheses and ``K`` finished ones, all in
    none can, or every candidate ended.
 
 Scores use the same float32 arithmetic (including the ``-1e9`` masking) as the reference, so
-token ids match it exactly. After every step the KV cache rows follow the surviving beams.
+token ids match it exactly. After every step the cache follows the surviving beams
+(``BeamKVCache.select_rows``: only its ancestry table moves).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """``generate``: jitted KV-cache decoding for a ``VLModel`` (greedy, sampling, beam search).
 
 One compiled program per (model structure, ``GenerationConfig``, input shapes): the prompt is
-prefilled once per prompt, its cache rows are repeated for beams / samples, and decoding runs
-in a ``lax.while_loop`` that exits as soon as Hugging Face's ``generate`` would.
+prefilled once per prompt (beam search then shares it between beams through a ``BeamKVCache``;
+sampling repeats its rows per sample), and decoding runs in a ``lax.while_loop`` that exits as
+soon as Hugging Face's ``generate`` would.
 """
 
 from __future__ import annotations
