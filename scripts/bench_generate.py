@@ -19,222 +19,41 @@ gain on this machine.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import tempfile
-import time
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from absl import flags  # noqa: E402
 
-def _text_kw(args) -> dict:
-    common = dict(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden // 64,
-        max_position_embeddings=256,
-    )
-    if args.llm == "opt":
-        return dict(common, ffn_dim=4 * args.hidden, word_embed_proj_dim=args.hidden)
-    return dict(common, intermediate_size=4 * args.hidden, num_key_value_heads=args.hidden // 64)
+from tests import torch_reference  # noqa: E402
+from vpgtrans_jax import cli  # noqa: E402
+from vpgtrans_jax.bench.generate import Options, run  # noqa: E402
 
-
-# (hidden, layers, vocab, batch) rows of --sweep; the third is the default.
-SWEEP = (
-    (64, 2, 1024, 4),
-    (128, 2, 4096, 4),
-    (256, 4, 8192, 4),
-    (256, 4, 8192, 1),
-    (256, 4, 8192, 16),
-    (512, 6, 16384, 4),
+_D = Options()
+_LLM = flags.DEFINE_enum("llm", _D.llm, ["opt", "llama"], "LLM family")
+_BATCH = flags.DEFINE_integer("batch", _D.batch, "prompts per call")
+_BEAMS = flags.DEFINE_integer("beams", _D.beams, "beam size")
+_NEW = flags.DEFINE_integer("max_new_tokens", _D.max_new_tokens, "tokens generated per prompt")
+_PROMPT = flags.DEFINE_integer("prompt_len", _D.prompt_len, "prompt tokens")
+_HIDDEN = flags.DEFINE_integer("hidden", _D.hidden, "LLM width")
+_LAYERS = flags.DEFINE_integer("layers", _D.layers, "LLM layers")
+_VOCAB = flags.DEFINE_integer("vocab", _D.vocab, "LLM vocabulary")
+_REPS = flags.DEFINE_integer("reps", _D.reps, "timed runs per side")
+_SWEEP = flags.DEFINE_bool("sweep", False, "time every (hidden, layers, vocab, batch) of SWEEP")
+_THREADS = flags.DEFINE_integer(
+    "threads", _D.threads, "CPU cores for both sides (the process is pinned to that many)"
 )
 
 
-def _limit_cores(threads: int) -> None:
-    """Runs this process (torch and XLA alike) on ``threads`` CPU cores.
-
-    XLA sizes its CPU thread pool from the cores this process may use and splits large fusions
-    across it; only an affinity mask, set before JAX starts its CPU backend, holds it to the
-    same cores torch gets.
-    """
-    cores = sorted(os.sched_getaffinity(0))
-    if threads > len(cores):
-        raise SystemExit(f"--threads {threads}: this process may use only {len(cores)} cores")
-    os.sched_setaffinity(0, cores[:threads])
-
-
-def _seconds(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def _matmul_floor(model, rows: int, steps: int, reps: int) -> float:
-    """Seconds per step of a loop that does only the LLM's weight matmuls for ``rows`` rows.
-
-    Every Dense kernel of the decoder layers in order, then the output head (as ``logits``
-    computes it), with nothing else: what one decoding step cannot go below on this machine with
-    XLA's fp32 matmuls, whatever the rest of the step costs.
-    """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from vpgtrans_jax.layers import Dense
-
-    llm = model.llm
-    kernels = [m.kernel[...] for _, m in nnx.iter_graph(llm.layers) if isinstance(m, Dense)]
-    width = model.config.llm.input_embed_dim
-
-    def fit(a, n):  # columns sliced or zero-padded to n
-        return a[:, :n] if a.shape[1] >= n else jnp.pad(a, ((0, 0), (0, n - a.shape[1])))
-
-    def body(_, x):
-        h = x
-        for w in kernels:
-            h = jnp.dot(fit(h, w.shape[0]), w)
-        logits = llm.logits(fit(h, width)[:, None, :])[:, 0]
-        return x + 1e-6 * fit(logits, x.shape[1])  # keeps every step dependent on the last
-
-    loop = jax.jit(lambda x: jax.lax.fori_loop(0, steps, body, x))
-    x = jnp.ones((rows, kernels[0].shape[0]), jnp.float32)
-    loop(x).block_until_ready()
-    times = [_seconds(lambda: loop(x).block_until_ready())[0] for _ in range(reps)]
-    return statistics.median(times) / steps
-
-
-def _compare(args) -> dict:
-    """Builds one model pair and times both; returns the measured numbers."""
-    import numpy as np
-    import torch
-
-    import vpgtrans_jax
-    from vpgtrans_jax import torch_reference as F
-
-    pt_model = F.tiny_blip2(args.llm, seed=0, **_text_kw(args))
-    with tempfile.TemporaryDirectory() as tmp:
-        pt_model.save_pretrained(tmp)
-        model = vpgtrans_jax.load(tmp)
-    pixels, ids, _ = F.inputs(batch=args.batch, text_len=args.prompt_len, vocab=args.vocab)
-    mask = np.ones_like(ids)
-    kw = dict(
-        max_new_tokens=args.max_new_tokens,
-        min_new_tokens=args.max_new_tokens,
-        num_beams=args.beams,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-
-    def ours():
-        return np.asarray(model.generate(pixels, ids, mask, **kw))  # np.asarray waits for it
-
-    q = F.NUM_QUERY
-    pt_ids = torch.cat(
-        [torch.full((args.batch, q), F.IMAGE_TOKEN), torch.from_numpy(ids).long()], 1
-    )
-    pt_pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
-
-    def theirs():
-        with torch.no_grad():
-            out = pt_model.generate(pixel_values=pt_pixels, input_ids=pt_ids, **kw)
-        return out[:, pt_ids.shape[1] :].numpy()
-
-    compile_s, _ = _seconds(ours)
-    t_ours, t_pt = [], []
-    for _ in range(args.reps):
-        # Each timed call directly follows an untimed one of the same kind: both sides are timed
-        # in steady state (warm caches; this VM's cores also slow down when briefly idle).
-        ours()
-        t, out_ours = _seconds(ours)
-        t_ours.append(t)
-        theirs()
-        t, out_pt = _seconds(theirs)
-        t_pt.append(t)
-    same = out_pt.shape == out_ours.shape and bool((out_pt == out_ours).all())
-    floor = _matmul_floor(model, args.batch * args.beams, args.max_new_tokens, args.reps)
-    return dict(
-        floor=floor,
-        ours=statistics.median(t_ours),
-        theirs=statistics.median(t_pt),
-        ratio=statistics.median(p / o for o, p in zip(t_ours, t_pt)),
-        compile=compile_s,
-        same=same,
-        tokens=args.batch * args.max_new_tokens,
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--llm", choices=("opt", "llama"), default="opt")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--beams", type=int, default=5)
-    p.add_argument("--max_new_tokens", type=int, default=30)
-    p.add_argument("--prompt_len", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument(
-        "--sweep",
-        action="store_true",
-        help="run every (hidden, layers, vocab, batch) of SWEEP and print a markdown table",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="CPU cores for both: the process is pinned to that many cores and torch gets as "
-        "many intra-op threads (default 1: a fair, low-noise comparison on a shared machine)",
-    )
-    args = p.parse_args(argv)
-    _limit_cores(args.threads)
-
-    import jax
-    import torch
-
-    jax.config.update("jax_default_matmul_precision", "highest")
-    torch.set_num_threads(args.threads)
-    shapes = SWEEP if args.sweep else ((args.hidden, args.layers, args.vocab, args.batch),)
-    print(
-        f"{args.llm}, {args.beams} beams, {args.max_new_tokens} new tokens, {args.reps} runs "
-        f"each; {os.cpu_count()} CPU cores, threads {args.threads}"
-    )
-    rows = []
-    for hidden, layers, vocab, batch in shapes:
-        run = argparse.Namespace(
-            **{**vars(args), "hidden": hidden, "layers": layers, "vocab": vocab, "batch": batch}
-        )
-        r = _compare(run)
-        steps = args.max_new_tokens
-        # No decoder built on XLA's fp32 matmuls can beat HF by more than this here.
-        ceiling = r["theirs"] / (r["floor"] * steps)
-        rows.append(
-            f"| {hidden} | {layers} | {vocab} | {batch} | {r['tokens'] / r['ours']:.0f} | "
-            f"{r['tokens'] / r['theirs']:.0f} | {1e3 * r['ours'] / steps:.1f} | "
-            f"{1e3 * r['theirs'] / steps:.1f} | {1e3 * r['floor']:.1f} | {r['ratio']:.2f}x | "
-            f"{ceiling:.1f}x | {r['same']} |"
-        )
-        print(
-            f"hidden {hidden}, {layers} layers, vocab {vocab}; batch {batch}\n"
-            f"  ours (jax)   : {r['tokens'] / r['ours']:8.1f} tokens/s  ({r['ours']:.3f} s; "
-            f"compile {r['compile']:.1f} s)\n"
-            f"  pytorch (HF) : {r['tokens'] / r['theirs']:8.1f} tokens/s  ({r['theirs']:.3f} s)\n"
-            f"  speed-up     : {r['ratio']:.2f}x   same token ids: {r['same']}\n"
-            f"  matmul floor : {1e3 * r['floor']:.2f} ms/step (the LLM's weight matmuls alone)\n"
-            f"  ceiling      : {ceiling:.1f}x (HF time / floor: the most a decoder built on these "
-            "matmuls could gain)",
-            flush=True,
-        )
-    if args.sweep:
-        print(
-            "\n| hidden | layers | vocab | batch | ours tok/s | HF tok/s | ours ms/step "
-            "| HF ms/step | matmul floor ms/step | speed-up | ceiling | same ids |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"
-        )
-        print("\n".join(rows))
+def main(argv: list[str]) -> None:
+    opts = Options(llm=_LLM.value, batch=_BATCH.value, beams=_BEAMS.value,
+                   max_new_tokens=_NEW.value, prompt_len=_PROMPT.value, hidden=_HIDDEN.value,
+                   layers=_LAYERS.value, vocab=_VOCAB.value, reps=_REPS.value,
+                   sweep=_SWEEP.value, threads=_THREADS.value)  # fmt: skip
+    run(opts, torch_reference)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

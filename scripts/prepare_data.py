@@ -12,110 +12,58 @@ Examples::
 
 Images are copied byte for byte (no re-encoding). Samples whose image is missing or (with
 --verify) does not decode are skipped and counted; the run fails if more than
---max_bad_fraction of them are bad.
+--max_bad_fraction of them are bad (exit status 2).
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
-import time
 
-from vpgtrans_jax.data.arrayrecord import write_shards
-from vpgtrans_jax.data.registry import KINDS, make_source
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from absl import flags  # noqa: E402
 
-def _source_kwargs(args: argparse.Namespace) -> dict:
-    k = args.kind
-    if k == "lavis_caption":
-        return {"ann_paths": args.ann, "image_root": args.image_root}
-    if k == "cc_sbu_align":
-        return {"root": args.root}
-    if k == "vqa":
-        return {
-            "questions_path": args.questions,
-            "annotations_path": args.annotations,
-            "image_root": args.image_root,
-            "image_pattern": args.image_pattern,
-        }
-    if k == "gqa":
-        return {"questions_path": args.questions, "image_root": args.image_root}
-    if k == "webdataset":
-        return {"shards": args.shards}
-    if k == "tfds":
-        return {
-            "name": args.tfds_name,
-            "split": args.split,
-            "data_dir": args.data_dir,
-            "image_key": args.image_key,
-            "text_key": args.text_key,
-        }
-    return {"paths": args.shards}
+from vpgtrans_jax import cli  # noqa: E402
+from vpgtrans_jax.data.arrayrecord import convert_source  # noqa: E402
+from vpgtrans_jax.data.registry import KINDS, make_source  # noqa: E402
+
+_KIND = flags.DEFINE_enum("kind", None, KINDS, "input format")
+_OUT = flags.DEFINE_string("out_prefix", None, "output path prefix of the shards")
+_PER_SHARD = flags.DEFINE_integer("records_per_shard", 10_000, "records per shard")
+_ANN = flags.DEFINE_multi_string("ann", None, "lavis_caption: annotation JSON file (repeatable)")
+_IMAGES = flags.DEFINE_string("image_root", None, "lavis_caption / vqa / gqa: image directory")
+_ROOT = flags.DEFINE_string("root", None, "cc_sbu_align: directory with filter_cap.json, image/")
+_QUESTIONS = flags.DEFINE_string("questions", None, "vqa / gqa: questions JSON")
+_ANSWERS = flags.DEFINE_string("annotations", None, "vqa: annotations JSON (omit for test)")
+_PATTERN = flags.DEFINE_string("image_pattern", "COCO_val2014_{image_id:012d}.jpg", "vqa")
+_SHARDS = flags.DEFINE_multi_string("shards", None, "webdataset / arrayrecord: path or glob")
+_TFDS = flags.DEFINE_string("tfds_name", None, "tfds: dataset name")
+_SPLIT = flags.DEFINE_string("split", "train", "tfds: split")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds: data_dir")
+_IMAGE_KEY = flags.DEFINE_string("image_key", "image", "tfds: image feature")
+_TEXT_KEY = flags.DEFINE_string("text_key", "caption", "tfds: caption feature (a/b nests)")
+_VERIFY = flags.DEFINE_bool("verify", False, "decode every image, skip bad ones")
+_MAX_BAD = flags.DEFINE_float("max_bad_fraction", 0.05, "largest share of bad samples allowed")
+flags.mark_flags_as_required(["kind", "out_prefix"])
 
 
-def _records(source, verify: bool, stats: dict):
-    from vpgtrans_jax.data.processors import load_image
-
-    for i in range(len(source)):
-        rec = source[i]
-        try:
-            if rec.get("image") is None:
-                with open(rec["image_path"], "rb") as f:
-                    rec["image"] = f.read()
-            if verify:
-                load_image(rec["image"])
-        except Exception as e:  # noqa: BLE001 - one bad file must not stop the conversion
-            stats["bad"] += 1
-            if stats["bad"] <= 20:
-                print(f"skipping {rec.get('key')}: {type(e).__name__}: {e}", file=sys.stderr)
-            continue
-        rec.pop("image_path", None)
-        stats["written"] += 1
-        yield rec
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--kind", required=True, choices=KINDS, help="input format")
-    p.add_argument("--out_prefix", required=True, help="output path prefix of the shards")
-    p.add_argument("--records_per_shard", type=int, default=10_000)
-    p.add_argument("--ann", nargs="+", help="lavis_caption: annotation JSON file(s)")
-    p.add_argument("--image_root", help="lavis_caption / vqa / gqa: image directory")
-    p.add_argument("--root", help="cc_sbu_align: directory with filter_cap.json and image/")
-    p.add_argument("--questions", help="vqa / gqa: questions JSON")
-    p.add_argument("--annotations", help="vqa: annotations JSON (omit for test splits)")
-    p.add_argument("--image_pattern", default="COCO_val2014_{image_id:012d}.jpg", help="vqa")
-    p.add_argument("--shards", nargs="+", help="webdataset / arrayrecord: paths or globs")
-    p.add_argument("--tfds_name", help="tfds: dataset name")
-    p.add_argument("--split", default="train", help="tfds: split")
-    p.add_argument("--data_dir", default=None, help="tfds: data_dir")
-    p.add_argument("--image_key", default="image", help="tfds: image feature")
-    p.add_argument("--text_key", default="caption", help="tfds: caption feature (a/b nests)")
-    p.add_argument("--verify", action="store_true", help="decode every image, skip bad ones")
-    p.add_argument("--max_bad_fraction", type=float, default=0.05)
-    args = p.parse_args(argv)
-    start = time.perf_counter()
-    source = make_source(args.kind, **_source_kwargs(args))
-    stats = {"bad": 0, "written": 0}
-    paths = write_shards(
-        _records(source, args.verify, stats), args.out_prefix, args.records_per_shard
-    )
-    total = stats["bad"] + stats["written"]
-    print(
-        f"wrote {stats['written']} records in {len(paths)} shard(s) ({stats['bad']} bad skipped) "
-        f"in {time.perf_counter() - start:.1f}s"
-    )
-    for path in paths:
-        print(path)
-    if total and stats["bad"] > args.max_bad_fraction * total:
-        print(
-            f"error: {stats['bad']} of {total} samples were bad (> --max_bad_fraction="
-            f"{args.max_bad_fraction})",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+def main(argv: list[str]) -> None:
+    kwargs = {
+        "lavis_caption": {"ann_paths": _ANN.value, "image_root": _IMAGES.value},
+        "cc_sbu_align": {"root": _ROOT.value},
+        "vqa": {"questions_path": _QUESTIONS.value, "annotations_path": _ANSWERS.value,
+                "image_root": _IMAGES.value, "image_pattern": _PATTERN.value},
+        "gqa": {"questions_path": _QUESTIONS.value, "image_root": _IMAGES.value},
+        "webdataset": {"shards": _SHARDS.value},
+        "tfds": {"name": _TFDS.value, "split": _SPLIT.value, "data_dir": _DATA_DIR.value,
+                 "image_key": _IMAGE_KEY.value, "text_key": _TEXT_KEY.value},
+        "arrayrecord": {"paths": _SHARDS.value},
+    }[_KIND.value]  # fmt: skip
+    convert_source(make_source(_KIND.value, **kwargs), _OUT.value,
+                   records_per_shard=_PER_SHARD.value, verify=_VERIFY.value,
+                   max_bad_fraction=_MAX_BAD.value)  # fmt: skip
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -14,110 +14,57 @@ Exit status 2 on bad input (missing file, wrong format, missing or extra ids).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
-from vpgtrans_jax.eval.scoring import TASKS, format_table, score_files
-from vpgtrans_jax.eval.vqa_metric import VQA_RULES
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from vpgtrans_jax import cli  # noqa: E402
+from vpgtrans_jax.eval.scoring import TASKS, score_to_file  # noqa: E402
+from vpgtrans_jax.eval.vqa_metric import VQA_RULES  # noqa: E402
+
+_TASK = flags.DEFINE_enum("task", None, TASKS, "benchmark to score")
+_PRED = flags.DEFINE_string(
+    "predictions", None, 'result file: captions [{"image_id", "caption"}]; VQA [{"question_id", '
+    '"answer"}]; GQA {question_id: answer} (or [{"questionId", "prediction"}])',
+)  # fmt: skip
+_ANN = flags.DEFINE_string(
+    "annotations", None, "captions: COCO caption annotation json (NoCaps: with each image's "
+    "'domain'); VQA: official annotations json; GQA: questions json with 'answer'",
+)  # fmt: skip
+_QUESTIONS = flags.DEFINE_string(
+    "questions", None, "vqav2/okvqa, optional: official questions json, checked to hold the same "
+    "question ids as --annotations",
+)  # fmt: skip
+_OUT = flags.DEFINE_string("out", None, "where to write the metrics JSON")
+_RULES = flags.DEFINE_enum(
+    "vqa-rules", "2017", VQA_RULES, "version of the official VQA script: 2017 = v2.0 release as "
+    "used by LAVIS and the VPGTrans paper; 2021 = GT-Vision-Lab commit a013f00",
+)  # fmt: skip
+_LEMMA = flags.DEFINE_bool(
+    "lemmatize", False, "vqav2/okvqa/gqa: lemmatise predicted nouns and verbs with spaCy "
+    "en_core_web_sm before scoring (LAVIS's OK-VQA protocol)",
+)  # fmt: skip
+_SPICE = flags.DEFINE_bool("spice", False, "captions: also compute SPICE if its models exist")
+_SPICE_DL = flags.DEFINE_bool(
+    "spice-download", False, "with --spice: let pycocoevalcap download CoreNLP (~400 MB)"
+)
+_SUBSET = flags.DEFINE_bool(
+    "allow-subset", False, "score only the predicted ids (extra ids are always an error)"
+)
+_PER_Q = flags.DEFINE_bool("per-question", False, "include each question's accuracy in the JSON")
+flags.mark_flags_as_required(["task", "predictions", "annotations"])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
-    parser.add_argument("--task", required=True, choices=TASKS, help="benchmark to score")
-    parser.add_argument(
-        "--predictions",
-        required=True,
-        help='result file: captions [{"image_id", "caption"}]; VQA [{"question_id", "answer"}]; '
-        'GQA {question_id: answer} (or [{"questionId", "prediction"}])',
-    )
-    parser.add_argument(
-        "--annotations",
-        required=True,
-        help="captions: COCO caption annotation json (NoCaps: with each image's 'domain'); "
-        "VQA: official annotations json; GQA: questions json with 'answer'",
-    )
-    parser.add_argument(
-        "--questions",
-        default=None,
-        help="vqav2/okvqa only, optional: official questions json, checked to hold the same "
-        "question ids as --annotations",
-    )
-    parser.add_argument("--out", default=None, help="where to write the metrics JSON")
-    parser.add_argument(
-        "--vqa-rules",
-        default="2017",
-        choices=VQA_RULES,
-        help="version of the official VQA script: 2017 = v2.0 release as used by LAVIS and the "
-        "VPGTrans paper (default); 2021 = GT-Vision-Lab commit a013f00",
-    )
-    parser.add_argument(
-        "--lemmatize",
-        action="store_true",
-        help="vqav2/okvqa/gqa: lemmatise predicted nouns and verbs with spaCy en_core_web_sm "
-        "before scoring (LAVIS's OK-VQA protocol); fails clearly if spaCy is missing",
-    )
-    parser.add_argument(
-        "--spice",
-        action="store_true",
-        help="captions: also compute SPICE, if its Stanford CoreNLP models are already present; "
-        "otherwise it is skipped with a message",
-    )
-    parser.add_argument(
-        "--spice-download",
-        action="store_true",
-        help="with --spice: allow pycocoevalcap to download the CoreNLP models (~400 MB)",
-    )
-    parser.add_argument(
-        "--allow-subset",
-        action="store_true",
-        help="score only the predicted ids instead of failing when some annotated ids have no "
-        "prediction (extra ids are always an error)",
-    )
-    parser.add_argument(
-        "--per-question",
-        action="store_true",
-        help="vqav2/okvqa/gqa: include each question's accuracy in the metrics JSON",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.spice_download and not args.spice:
-        parser.error("--spice-download only makes sense together with --spice")
-    log = lambda msg: print(msg, file=sys.stderr)  # keep stdout for the table
-    try:
-        metrics = score_files(
-            args.task,
-            args.predictions,
-            args.annotations,
-            args.questions,
-            vqa_rules=args.vqa_rules,
-            lemmatize=args.lemmatize,
-            spice=args.spice,
-            spice_download=args.spice_download,
-            allow_subset=args.allow_subset,
-            per_question=args.per_question,
-            log=log,
-        )
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_table(metrics))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2)
-        print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+def main(argv: list[str]) -> None:
+    score_to_file(
+        _TASK.value, _PRED.value, _ANN.value, _QUESTIONS.value, out=_OUT.value,
+        vqa_rules=_RULES.value, lemmatize=_LEMMA.value, spice=_SPICE.value,
+        spice_download=_SPICE_DL.value, allow_subset=_SUBSET.value, per_question=_PER_Q.value,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -6,7 +6,8 @@
 
 Re-running the same command on an existing workdir resumes from its latest checkpoint. SIGTERM
 or Ctrl-C saves a checkpoint and exits cleanly. Any config field can be overridden with
---config.a.b=value; unknown fields are errors.
+--config.a.b=value; unknown fields are errors. Tiny configs generate their synthetic data and
+pretrain their tiny LLM first (cached).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from vpgtrans_jax import cli, tiny  # noqa: E402
+from vpgtrans_jax.train.loop import train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Stage config file (configs/*.py), optionally with ':arg'.", lock_config=True
@@ -28,15 +32,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from vpgtrans_jax.logs import setup_logging
-
-    setup_logging()
-    from vpgtrans_jax.train.loop import train
-
-    train(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    train(tiny.prepare(_CONFIG.value), _WORKDIR.value, progress=_PROGRESS.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,7 +9,7 @@
 Every step is skipped when its output exists in --workdir, so rerunning the same command resumes
 an interrupted transfer (training resumes from its checkpoints; SIGTERM / Ctrl-C stop a stage at a
 step boundary). Writes WORKDIR/report.md and WORKDIR/report.json after each step.
---stop_after=STEP stops after one step (names: assets, converter, merge, init, stage1,
+--stop_after=STEP stops after one step (names: assets, converter, merge, stage1,
 eval_stage1_<task>, ...). Exit status: 0 complete, 2 bad config, 3 stopped before the end.
 """
 
@@ -20,8 +20,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from vpgtrans_jax import cli  # noqa: E402
+from vpgtrans_jax.transfer.pipeline import run_transfer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Transfer config (configs/transfer_*.py).", lock_config=True
@@ -33,22 +36,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from vpgtrans_jax.logs import setup_logging
-
-    setup_logging()
-    from vpgtrans_jax.transfer.pipeline import TransferPipeline
-
-    try:
-        pipe = TransferPipeline(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
-        report = pipe.run(stop_after=_STOP_AFTER.value)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"report: {os.path.join(pipe.workdir, 'report.md')}")
+    report = run_transfer(
+        _CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value, progress=_PROGRESS.value
+    )
+    print(f"report: {os.path.join(report['workdir'], 'report.md')}")
     return 0 if report["complete"] else 3
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

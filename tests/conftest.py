@@ -10,6 +10,9 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Third-party "hypothesis" entry points (trio's, pulled in by selenium) are not needed, and trio's
+# fails to load when hypothesis is first imported at the end of an xdist session.
+os.environ.setdefault("HYPOTHESIS_NO_PLUGINS", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import vpgtrans_jax
+from tests import torch_reference as F
 from vpgtrans_jax import sharding
-from vpgtrans_jax import torch_reference as F
-from vpgtrans_jax.beam_cache import BeamKVCache, BeamLayerKV
-from vpgtrans_jax.generation import decode
+from vpgtrans_jax.generation import decode, generate
 from vpgtrans_jax.generation.config import GenerationConfig
-from vpgtrans_jax.kv_cache import KVCache, cached_attention
+from vpgtrans_jax.nn.beam_cache import BeamKVCache, BeamLayerKV
+from vpgtrans_jax.nn.kv_cache import KVCache, cached_attention
 
 B, NB, H, K, P, T, D = 2, 3, 4, 2, 5, 6, 8  # GQA: 4 query heads over 2 kv heads
 N = B * NB
@@ -120,7 +120,7 @@ def test_beam_search_under_a_mesh_matches_unsharded(tmp_path, scan):
     model = vpgtrans_jax.load(str(tmp_path), scan_layers=scan)
     pixels, ids, _ = F.inputs(batch=4, text_len=5, seed=3)
     kw = dict(max_new_tokens=5, num_beams=3, eos_token_id=0, pad_token_id=1)
-    want = np.asarray(model.generate(pixels, ids, **kw))
+    want = np.asarray(generate(model, pixels, ids, **kw))
     cfg = GenerationConfig.make(**kw)
     # A fresh jit of the traced body, so it is traced inside the mesh context.
     fn = jax.jit(decode, static_argnames=("cfg",))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from vpgtrans_jax import torch_reference as F
-from vpgtrans_jax.data import synthetic_export
+from tests import torch_reference as F
+from vpgtrans_jax.tiny import dataset as synthetic_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

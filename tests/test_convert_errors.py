@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from vpgtrans_jax import torch_reference as F
-from vpgtrans_jax.checkpoint_io import CheckpointError
-from vpgtrans_jax.convert import cli, model_dir, tools
-from vpgtrans_jax.convert.store import atomic_output
+from tests import torch_reference as F
+from tests.scripts_util import run_script
+from vpgtrans_jax.checkpoint import convert as tools
+from vpgtrans_jax.checkpoint import model_dir
+from vpgtrans_jax.checkpoint.fill import flat_params
+from vpgtrans_jax.checkpoint.store import atomic_output
+from vpgtrans_jax.errors import CheckpointError
 
 from .test_convert_lavis import to_lavis
 
@@ -84,8 +87,11 @@ def test_wrong_model_type(world, tmp_path, capsys):
     bad = tmp_path / "bert"
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    assert cli.hf_to_orbax_main(["--src", str(bad), "--out", str(tmp_path / "o")]) == 2
-    assert "model_type 'bert' cannot be converted" in capsys.readouterr().err
+    done = run_script("convert/hf_to_orbax.py", "--src", str(bad), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2
+    assert (
+        done.stderr.startswith("error:") and "model_type 'bert' cannot be converted" in done.stderr
+    )
     with pytest.raises(CheckpointError, match="neither BLIP-2 nor an LLM"):
         _lavis(world, tmp_path / "o", llm=str(bad))
     _no_output(tmp_path / "o")
@@ -181,7 +187,7 @@ def test_model_dir_errors(world, tmp_path):
 
     root, _ = world
     model = vpgtrans_jax.load(str(root / "hf"))
-    qf = model_dir.flat_params(model.qformer)
+    qf = flat_params(model.qformer)
     with pytest.raises(CheckpointError, match="part 'vision' is neither given nor referenced"):
         model_dir.save_model_dir({"qformer": qf}, str(tmp_path / "a"), model.config)
     partial = dict(list(qf.items())[1:])

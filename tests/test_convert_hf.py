@@ -14,10 +14,12 @@ import torch
 import transformers as T
 
 import vpgtrans_jax
+from tests import torch_reference as F
+from tests.scripts_util import run_script
 from vpgtrans_jax import sharding
-from vpgtrans_jax import torch_reference as F
-from vpgtrans_jax.convert import cli, model_dir, tools
-from vpgtrans_jax.convert.sources import open_hf_weights
+from vpgtrans_jax.checkpoint import convert as tools
+from vpgtrans_jax.checkpoint import model_dir
+from vpgtrans_jax.checkpoint.sources import open_hf_weights
 from vpgtrans_jax.train.optim import split_trainable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,11 +46,15 @@ def hf_dir(request, tmp_path_factory):
 def test_hf_roundtrip_identical_and_logits(hf_dir, tmp_path, scan):
     pt_model, src = hf_dir
     ox, back = str(tmp_path / "ox"), str(tmp_path / "back")
-    assert cli.hf_to_orbax_main(["--src", src, "--out", ox] + ["--scan-layers"] * scan) == 0
+    done = run_script(
+        "convert/hf_to_orbax.py", "--src", src, "--out", ox, *["--scan-layers"] * scan
+    )
+    assert done.returncode == 0, done.stderr
     m = model_dir.read_manifest(ox)
     assert m["config"]["llm"]["scan_layers"] is scan
     assert all(p["stored"] for p in m["parts"].values())
-    assert cli.orbax_to_hf_main(["--src", ox, "--out", back]) == 0
+    done = run_script("convert/orbax_to_hf.py", "--src", ox, "--out", back)
+    assert done.returncode == 0, done.stderr
 
     a, b = _tensors(src), _tensors(back)
     assert sorted(a) == sorted(b)
@@ -164,4 +170,4 @@ def test_scripts_help():
             timeout=60,
         )
         assert r.returncode == 0, r.stderr
-        assert "--src" in r.stdout and "--out" in r.stdout and "--overwrite" in r.stdout
+        assert "--src" in r.stdout and "--out" in r.stdout and "--[no]overwrite" in r.stdout

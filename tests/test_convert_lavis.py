@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import vpgtrans_jax
-from vpgtrans_jax import torch_reference as F
-from vpgtrans_jax.convert import cli, model_dir, tools
+from tests import torch_reference as F
+from tests.scripts_util import run_script
+from vpgtrans_jax.checkpoint import convert as tools
+from vpgtrans_jax.checkpoint import model_dir
 
 LAVIS_EPS = 1e-5
 
@@ -71,12 +73,13 @@ def test_lavis_blip2_opt(tmp_path, capsys):
     pt_model.language_model.save_pretrained(tmp_path / "opt")
     pt_model.save_pretrained(tmp_path / "hf")  # only for its config.json (--vpg-config)
     out = tmp_path / "ox"
-    rc = cli.lavis_to_orbax_main([
+    done = run_script(
+        "convert/lavis_to_orbax.py",
         "--src", str(tmp_path / "blip2.pth"), "--llm", str(tmp_path / "opt"), "--out", str(out),
         "--vpg-config", str(tmp_path / "hf" / "config.json"),
-    ])  # fmt: skip
-    assert rc == 0
-    log = capsys.readouterr().out
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log = done.stdout
     assert "vision" in log and "blip2.pth" in log and "skipped 3 known-optional" in log
     _logits_match(str(out), pt_model)
     cfg = model_dir.read_config(str(out))
@@ -118,7 +121,8 @@ def test_vpgtrans_llama_with_separate_vit(tmp_path, scan):
 
     # Back to LAVIS: exactly the trainable tensors, same names and values.
     back = tmp_path / "back.pth"
-    assert cli.orbax_to_lavis_main(["--src", str(out), "--out", str(back)]) == 0
+    done = run_script("convert/orbax_to_lavis.py", "--src", str(out), "--out", str(back))
+    assert done.returncode == 0, done.stderr
     got = torch.load(back, weights_only=True)["model"]
     assert sorted(got) == sorted(trainable)
     for k, v in trainable.items():

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from vpgtrans_jax.checkpoint_io import CheckpointError
-from vpgtrans_jax.convert import store
+from vpgtrans_jax.checkpoint import store
+from vpgtrans_jax.checkpoint.safetensors import CheckpointError
 
 
 def test_large_tensor_is_split_across_groups_and_reassembled(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 from vpgtrans_jax.data import pipeline, text
 from vpgtrans_jax.data.registry import make_source
 from vpgtrans_jax.data.sources import ListSource
-from vpgtrans_jax.data.synthetic_export import generate
 from vpgtrans_jax.data.transforms import SampleConfig, SampleProcessor
+from vpgtrans_jax.tiny.dataset import generate
 
 CFG = SampleConfig(image_size=16, max_len=24)
 

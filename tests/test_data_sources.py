@@ -13,7 +13,7 @@ import pytest
 from vpgtrans_jax.data import arrayrecord
 from vpgtrans_jax.data.processors import load_image
 from vpgtrans_jax.data.registry import make_source
-from vpgtrans_jax.data.synthetic_export import generate
+from vpgtrans_jax.tiny.dataset import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -174,7 +174,7 @@ def test_arrayrecord_roundtrip_and_prepare_script(syn, tmp_path):
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 1 and "2 of 12 samples were bad" in r.stderr
+    assert r.returncode == 2 and "2 of 12 samples were bad" in r.stderr
     r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--kind" in r.stdout
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpgtrans_jax.data import synthetic
-from vpgtrans_jax.data.synthetic_export import generate
+from vpgtrans_jax.tiny import scenes as synthetic
+from vpgtrans_jax.tiny.dataset import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vpgtrans_jax.data import text
-from vpgtrans_jax.data.local_tokenizer import train_tokenizer
+from vpgtrans_jax.tiny.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_pad_falls_back_to_eos_and_errors():
 
 
 def test_image_placeholder_prompt_splits_like_minigpt4(tmp_path):
-    from vpgtrans_jax.data import local_tokenizer
+    from vpgtrans_jax.tiny import tokenizer as local_tokenizer
 
     local_tokenizer.train_tokenizer(
         ["a red circle", "###Human: <Img></Img> describe ###Assistant:"] * 20, str(tmp_path), 300

@@ -14,13 +14,20 @@ import numpy as np
 import pytest
 
 import vpgtrans_jax
-from vpgtrans_jax import torch_reference as F
+from tests import torch_reference as F
 from vpgtrans_jax.data import text as text_lib
 from vpgtrans_jax.data.processors import blip_image_eval
-from vpgtrans_jax.data.synthetic_export import generate as make_synthetic
 from vpgtrans_jax.data.text import load_tokenizer
+from vpgtrans_jax.eval import runner
 from vpgtrans_jax.eval.scoring import score_files
-from vpgtrans_jax.generation import decode_outputs, end_token_ids, generate_text, newline_eos_id
+from vpgtrans_jax.generation import (
+    decode_outputs,
+    end_token_ids,
+    generate,
+    generate_text,
+    newline_eos_id,
+)
+from vpgtrans_jax.tiny.dataset import generate as make_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +39,7 @@ def _load(path: str, name: str):
     return module
 
 
-evaluate_script = _load("scripts/evaluate.py", "evaluate_script")
+evaluate_script = runner  # what scripts/evaluate.py runs
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +183,15 @@ def test_image_inside_the_prompt(env, tmp_path):
     batch = text_lib.generation_batch(tok, prompts, 48)
     pixels = np.stack([blip_image_eval(im, model.config.vision.image_size) for im in images])
     common = dict(eos_token_id=newline_eos_id(tok, "opt"), pad_token_id=tok.pad_token_id, **kw)
-    inside = model.generate(
+    inside = generate(
+        model,
         pixels,
         batch["input_ids"],
         batch["attention_mask"],
         image_offsets=batch["image_offset"],
         **common,
     )
-    first = model.generate(pixels, batch["input_ids"], batch["attention_mask"], **common)
+    first = generate(model, pixels, batch["input_ids"], batch["attention_mask"], **common)
     expect = decode_outputs(tok, inside, [common["eos_token_id"]], tok.pad_token_id)
     assert expect == texts
     assert not np.array_equal(np.asarray(inside), np.asarray(first))
@@ -216,7 +224,7 @@ def test_newline_eos_and_decoding(env):
             return {"input_ids": [29871, 13]}
 
     assert newline_eos_id(SentencePieceLike(), "llama") == 13
-    with pytest.raises(ValueError, match="llm_type='t5'"):
+    with pytest.raises(ValueError, match="unknown LLM family 't5'"):
         newline_eos_id(tok, "t5")
     a, b = tok("a red circle", add_special_tokens=False)["input_ids"], tok.pad_token_id
     rows = np.array([a + [nl[0], 7, 7], a + [b, b, b]])

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import vpgtrans_jax
-from vpgtrans_jax import torch_reference as F
+from tests import torch_reference as F
+from vpgtrans_jax.generation import generate
 
 PAD = 1
 MAX_NEW = 8
@@ -104,7 +105,7 @@ def test_token_ids_match_hf(setup, name, eos_kind):
         assert np.isin(ref, np.atleast_1d(eos)).any()
     if kw.get("min_new_tokens"):  # ... and the reference emits it before min_new_tokens
         assert np.isin(setup["greedy"][:, : kw["min_new_tokens"]], np.atleast_1d(eos)).any()
-    ours = setup["model"].generate(pixels, ids, mask, eos_token_id=eos, pad_token_id=PAD, **kw)
+    ours = generate(setup["model"], pixels, ids, mask, eos_token_id=eos, pad_token_id=PAD, **kw)
     _assert_same(ours, ref)
 
 
@@ -114,7 +115,7 @@ def test_scanned_layers_and_repetition_penalty(setup):
     for kw in (dict(num_beams=5, length_penalty=-1.0), dict(repetition_penalty=1.3)):
         kw = dict(kw, max_new_tokens=MAX_NEW, eos_token_id=setup["eos"])
         ref = hf_generate(setup["pt"], pixels, ids, mask, **kw)
-        _assert_same(model.generate(pixels, ids, mask, pad_token_id=PAD, **kw), ref)
+        _assert_same(generate(model, pixels, ids, mask, pad_token_id=PAD, **kw), ref)
 
 
 def test_prefill_and_steps_match_full_forward(setup):
@@ -146,11 +147,19 @@ def test_soft_prompt_inside_the_prompt_matches_hf(setup, name):
     offsets = np.array([2, 3, 5], np.int32)  # row 1 has 2 pads, row 2 one; 5 = after all text
     kw = dict(SETTINGS[name], max_new_tokens=MAX_NEW, eos_token_id=setup["eos"])
     ref = hf_generate(setup["pt"], pixels, ids, mask, offsets, **kw)
-    ours = setup["model"].generate(pixels, ids, mask, pad_token_id=PAD, image_offsets=offsets, **kw)
+    ours = generate(
+        setup["model"], pixels, ids, mask, pad_token_id=PAD, image_offsets=offsets, **kw
+    )
     _assert_same(ours, ref)
     # Offsets of 0 are the ordinary prompt-first layout.
-    first = setup["model"].generate(
-        pixels, ids, mask, pad_token_id=PAD, image_offsets=np.zeros(3, np.int32), **kw
+    first = generate(
+        setup["model"],
+        pixels,
+        ids,
+        mask,
+        pad_token_id=PAD,
+        image_offsets=np.zeros(3, np.int32),
+        **kw,
     )
     _assert_same(first, hf_generate(setup["pt"], pixels, ids, mask, **kw))
 
@@ -161,14 +170,14 @@ def test_input_errors(setup):
     right = np.ones_like(mask)
     right[0, -1] = 0
     with pytest.raises(ValueError, match="not left-padded"):
-        model.generate(pixels, ids, right, max_new_tokens=2, eos_token_id=0, pad_token_id=PAD)
+        generate(model, pixels, ids, right, max_new_tokens=2, eos_token_id=0, pad_token_id=PAD)
     kw = dict(max_new_tokens=2, eos_token_id=0, pad_token_id=PAD)
     with pytest.raises(ValueError, match="num_return_sequences=2 needs beam search"):
-        model.generate(pixels, ids, mask, num_return_sequences=2, **kw)
+        generate(model, pixels, ids, mask, num_return_sequences=2, **kw)
     for bad in (np.array([0, 6, 1]), np.array([1, 2])):
         with pytest.raises(ValueError, match="image_offsets"):
-            model.generate(pixels, ids, mask, image_offsets=bad, **kw)
+            generate(model, pixels, ids, mask, image_offsets=bad, **kw)
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        model.generate(pixels, ids, mask, max_new_tokens=2, eos_token_id=10**6, pad_token_id=PAD)
+        generate(model, pixels, ids, mask, max_new_tokens=2, eos_token_id=10**6, pad_token_id=PAD)
     with pytest.raises(ValueError, match="pixel_values must be"):
-        model.generate(pixels[:2], ids, mask, max_new_tokens=2, eos_token_id=0, pad_token_id=PAD)
+        generate(model, pixels[:2], ids, mask, max_new_tokens=2, eos_token_id=0, pad_token_id=PAD)

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from transformers.generation import logits_process as hf
 
 import vpgtrans_jax
-from vpgtrans_jax import torch_reference as F
-from vpgtrans_jax.generation import GenerationConfig, processors
+from tests import torch_reference as F
+from vpgtrans_jax.generation import GenerationConfig, generate, processors
 from vpgtrans_jax.generation.greedy import greedy_or_sample
 
 
@@ -121,9 +121,9 @@ def test_sampling_is_deterministic_per_seed(model):
         temperature=3.0,
         num_return_sequences=2,
     )
-    a = np.asarray(m.generate(pixels, ids, mask, seed=11, **kw))
-    b = np.asarray(m.generate(pixels, ids, mask, seed=11, **kw))
-    c = np.asarray(m.generate(pixels, ids, mask, seed=12, **kw))
+    a = np.asarray(generate(m, pixels, ids, mask, seed=11, **kw))
+    b = np.asarray(generate(m, pixels, ids, mask, seed=11, **kw))
+    c = np.asarray(generate(m, pixels, ids, mask, seed=12, **kw))
     assert a.shape == (4, 6)
     np.testing.assert_array_equal(a, b)
     assert (a != c).any()
@@ -133,10 +133,10 @@ def test_sampling_is_deterministic_per_seed(model):
 def test_top_k_one_and_tiny_top_p_are_greedy(model):
     m, (pixels, ids, mask) = model
     kw = dict(max_new_tokens=6, eos_token_id=0, pad_token_id=1)
-    greedy = np.asarray(m.generate(pixels, ids, mask, **kw))
+    greedy = np.asarray(generate(m, pixels, ids, mask, **kw))
     for extra in (dict(top_k=1), dict(top_p=1e-6)):
-        sampled = m.generate(
-            pixels, ids, mask, do_sample=True, temperature=5.0, seed=1, **extra, **kw
+        sampled = generate(
+            m, pixels, ids, mask, do_sample=True, temperature=5.0, seed=1, **extra, **kw
         )
         np.testing.assert_array_equal(np.asarray(sampled), greedy)
 
@@ -152,8 +152,8 @@ def test_beam_sampling_runs_deterministically(model):
         top_k=10,
         num_return_sequences=2,
     )
-    a = np.asarray(m.generate(pixels, ids, mask, seed=5, **kw))
-    b = np.asarray(m.generate(pixels, ids, mask, seed=5, **kw))
+    a = np.asarray(generate(m, pixels, ids, mask, seed=5, **kw))
+    b = np.asarray(generate(m, pixels, ids, mask, seed=5, **kw))
     assert a.shape == (4, 5) and a.min() >= 0 and a.max() < 96
     np.testing.assert_array_equal(a, b)
 

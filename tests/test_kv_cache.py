@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vpgtrans_jax import attention, stack
-from vpgtrans_jax.kv_cache import KVCache, update_layer_cache
 from vpgtrans_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from vpgtrans_jax.models.opt import OPTConfig, OPTForCausalLM
+from vpgtrans_jax.nn import attention, stack
+from vpgtrans_jax.nn.kv_cache import KVCache, update_layer_cache
 
 L, N, K, S, D = 3, 4, 2, 6, 8
 

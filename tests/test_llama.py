@@ -10,14 +10,11 @@ import torch
 import transformers
 from flax import nnx
 
-from vpgtrans_jax import sharding, weights
-from vpgtrans_jax.models.llama import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    hf_weight_map,
-    is_unused_hf_key,
-    rope_inv_freq,
-)
+from vpgtrans_jax import sharding
+from vpgtrans_jax.checkpoint.engine import load_state_dict
+from vpgtrans_jax.checkpoint.fill import abstract
+from vpgtrans_jax.checkpoint.hf import llama as hf_llama
+from vpgtrans_jax.models.llama import LlamaConfig, LlamaForCausalLM, rope_inv_freq
 
 TOL = 1e-4
 VOCAB, HIDDEN, LAYERS, FFN = 64, 32, 2, 48
@@ -78,10 +75,10 @@ def make_torch(model_type: str = "llama", seed: int = 0, **kw):
 
 
 def load_ours(tm, hf_cfg, **overrides) -> LlamaForCausalLM:
-    cfg = LlamaConfig.from_hf(hf_cfg, **overrides)
-    abstract = weights.abstract(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)))
-    return weights.load_from_torch_state_dict(
-        abstract, hf_weight_map(cfg), tm.state_dict(), ignore_unused=is_unused_hf_key
+    cfg = hf_llama.config_from_hf(hf_cfg, **overrides)
+    abstract_model = abstract(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)))
+    return load_state_dict(
+        abstract_model, hf_llama.weight_rules(cfg), tm.state_dict(), optional=hf_llama.is_unused_key
     )
 
 
@@ -129,12 +126,12 @@ def test_forward_parity(case, scan):
 
 def test_from_hf_reads_config():
     _, hf_cfg = make_torch("llama", num_key_value_heads=2, rope_parameters=dict(LLAMA3))
-    cfg = LlamaConfig.from_hf(hf_cfg, dtype="bfloat16")
+    cfg = hf_llama.config_from_hf(hf_cfg, dtype="bfloat16")
     assert (cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (LAYERS, 4, 2, 8)
     assert cfg.rope_scaling_dict == LLAMA3
     assert cfg.dtype == "bfloat16" and cfg.input_embed_dim == HIDDEN
     _, qwen = make_torch("qwen2", num_key_value_heads=2, tie_word_embeddings=True)
-    qcfg = LlamaConfig.from_hf(qwen)
+    qcfg = hf_llama.config_from_hf(qwen)
     assert qcfg.qkv_bias and not qcfg.attention_bias and qcfg.tie_word_embeddings
 
 
@@ -149,20 +146,20 @@ def test_from_hf_accepts_legacy_config_json_keys():
         intermediate_size=FFN,
         max_position_embeddings=64,
     )
-    legacy = LlamaConfig.from_hf(
+    legacy = hf_llama.config_from_hf(
         {**base, "rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}}
     )
-    new = LlamaConfig.from_hf(
+    new = hf_llama.config_from_hf(
         {**base, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}}
     )
     assert legacy == new
     assert legacy.rope_theta == 5e5 and legacy.rope_scaling_dict["factor"] == 2.0
     # llama3 without original_max_position_embeddings falls back to max_position_embeddings (HF).
     l3 = {k: v for k, v in LLAMA3.items() if k != "original_max_position_embeddings"}
-    cfg = LlamaConfig.from_hf({**base, "rope_scaling": l3})
+    cfg = hf_llama.config_from_hf({**base, "rope_scaling": l3})
     assert cfg.rope_scaling_dict["original_max_position_embeddings"] == 64
     # Missing num_key_value_heads and a Vicuna-style plain llama dict: MHA, theta 10000.
-    plain = LlamaConfig.from_hf(base)
+    plain = hf_llama.config_from_hf(base)
     assert plain.num_kv_heads == 4 and plain.rope_theta == 10000.0 and plain.rope_scaling is None
 
 
@@ -173,7 +170,7 @@ def test_rope_inv_freq_matches_transformers():
         {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
     ):
         tm, hf_cfg = make_torch("llama", **kw)
-        cfg = LlamaConfig.from_hf(hf_cfg)
+        cfg = hf_llama.config_from_hf(hf_cfg)
         ours = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         np.testing.assert_allclose(ours, tm.model.rotary_emb.inv_freq.numpy(), rtol=1e-6)
 
@@ -335,17 +332,19 @@ def test_sharded_forward_matches_unsharded():
 
 def test_weight_map_tied_and_legacy_buffers():
     tm, hf_cfg = make_torch("llama", tie_word_embeddings=True)
-    cfg = LlamaConfig.from_hf(hf_cfg)
-    rules = hf_weight_map(cfg)
+    cfg = hf_llama.config_from_hf(hf_cfg)
+    rules = hf_llama.weight_rules(cfg)
     assert not any(r.hf == "lm_head.weight" for r in rules)
     sd = dict(tm.state_dict())
     sd["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)  # old checkpoints
-    abstract = weights.abstract(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)))
-    model = weights.load_from_torch_state_dict(abstract, rules, sd, ignore_unused=is_unused_hf_key)
+    abstract_model = abstract(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)))
+    model = load_state_dict(abstract_model, rules, sd, optional=hf_llama.is_unused_key)
     assert model.lm_head is None
     with pytest.raises(ValueError, match="inv_freq"):
-        weights.load_from_torch_state_dict(abstract, rules, sd)
-    assert is_unused_hf_key("lm_head.weight") and not is_unused_hf_key("model.norm.weight")
+        load_state_dict(abstract_model, rules, sd)
+    assert hf_llama.is_unused_key("lm_head.weight") and not hf_llama.is_unused_key(
+        "model.norm.weight"
+    )
 
 
 def test_untied_head_is_loaded():
@@ -384,12 +383,12 @@ def test_from_hf_rejects_unsupported(update, match):
     )
     d.update(update)
     with pytest.raises(ValueError, match=match):
-        LlamaConfig.from_hf(d)
+        hf_llama.config_from_hf(d)
 
 
 def test_config_errors():
     with pytest.raises(ValueError, match="override"):
-        LlamaConfig.from_hf(make_torch("llama")[1], not_a_field=1)
+        hf_llama.config_from_hf(make_torch("llama")[1], not_a_field=1)
     with pytest.raises(ValueError, match="remat_policy"):
         LlamaConfig(hidden_size=32, num_heads=4, remat_policy="bogus")
     cfg = LlamaConfig(rope_scaling={"type": "linear", "factor": 2})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -15,15 +16,18 @@ import transformers as T
 from flax import nnx
 
 import vpgtrans_jax
-from vpgtrans_jax import torch_reference as F
-from vpgtrans_jax import weights
+from tests import torch_reference as F
+from vpgtrans_jax import sharding
+from vpgtrans_jax.checkpoint import model_dir
+from vpgtrans_jax.checkpoint.fill import abstract, fill_abstract
+from vpgtrans_jax.models.parts import VPG_PARTS
 from vpgtrans_jax.models.qformer import QFormer
-from vpgtrans_jax.models.vl_model import VLConfig, VLModel
-from vpgtrans_jax.transfer.merge import load_vpg_init, merge_linear, merge_projector
+from vpgtrans_jax.models.vl_model import VLModel
+from vpgtrans_jax.train.builder import apply_vpg_init
+from vpgtrans_jax.transfer.merge import merge_linear, merge_projector
 from vpgtrans_jax.transfer.word_converter import WordConverter
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-import merge_projector as cli  # noqa: E402
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "merge_projector.py")
 
 TGT_DIM = 24
 
@@ -56,7 +60,7 @@ def setup(tmp_path_factory):
     conv_dir = str(root / "conv")
     conv.save(conv_dir)
     out = str(root / "merged")
-    info = merge_projector(src, conv_dir, out, log=None)
+    manifest = merge_projector(src, conv_dir, out, log=None)
     return {
         "src": src,
         "pt": src_model,
@@ -64,13 +68,18 @@ def setup(tmp_path_factory):
         "conv": conv,
         "conv_dir": conv_dir,
         "out": out,
-        "info": info,
+        "manifest": manifest,
         "root": root,
     }
 
 
+def vpg(path: str, **overrides) -> dict:
+    """The VPG parts of a checkpoint, nested (layer keys as ints)."""
+    return model_dir.load_params(path, VPG_PARTS, **overrides)
+
+
 def test_merged_projector_equals_converter_after_projector(setup):
-    parts = load_vpg_init(setup["out"])
+    parts = vpg(setup["out"])
     assert sorted(parts) == ["ln_vision", "projector", "qformer", "query_tokens"]
     lp = setup["pt"].language_projection
     w_s = lp.weight.detach().double().numpy()  # torch [out, in]
@@ -89,7 +98,7 @@ def test_merged_projector_equals_converter_after_projector(setup):
 
 
 def test_vpg_copied_from_source(setup):
-    parts = load_vpg_init(setup["out"])
+    parts = vpg(setup["out"])
     ref = nnx.to_pure_dict(nnx.state(vpgtrans_jax.load(setup["src"])))
     for name in ("ln_vision", "query_tokens", "qformer"):
         jax.tree.map(
@@ -97,43 +106,37 @@ def test_vpg_copied_from_source(setup):
         )
 
 
-def test_output_initialises_a_target_model(setup):
-    """export.json carries the target VL config; the parts fill that model exactly."""
-    info = setup["info"]
-    assert info["format"] == "vpgtrans-jax/trained-parts" and info["stage"] == "merge"
-    cfg = VLConfig.from_dict(info["vl_config"])
-    assert cfg.llm_type == "llama" and cfg.llm.input_embed_dim == TGT_DIM
-    model = VLModel(cfg, rngs=nnx.Rngs(0))
-    parts = load_vpg_init(setup["out"])
-    for name in ("ln_vision", "qformer", "projector"):
-        state = nnx.state(getattr(model, name))
-        nnx.replace_by_pure_dict(state, parts[name])
-        nnx.update(getattr(model, name), state)
-    model.query_tokens.set_value(parts["query_tokens"])
+def test_output_is_the_target_model(setup):
+    """The merge is a model directory of the target VL model: VPG stored, ViT and LLM referenced;
+    it loads whole, and the training side takes its VPG as model.vpg_init."""
+    manifest = setup["manifest"]
+    assert manifest["info"]["stage"] == "merge"
+    parts = manifest["parts"]
+    assert {p for p, e in parts.items() if e["stored"]} == set(VPG_PARTS)
+    assert parts["llm"]["source"]["path"] == os.path.abspath(setup["tgt"])
+    assert parts["vision"]["source"]["path"] == os.path.abspath(setup["src"])
+    model = vpgtrans_jax.load(setup["out"])
+    assert model.config.llm_type == "llama" and model.config.llm.input_embed_dim == TGT_DIM
     np.testing.assert_array_equal(
-        np.asarray(model.projector.kernel[...]), parts["projector"]["kernel"]
+        np.asarray(model.projector.kernel[...]), vpg(setup["out"])["projector"]["kernel"]
     )
-    # The training side's loader accepts the directory as model.vpg_init.
-    from vpgtrans_jax import sharding
-    from vpgtrans_jax.train.export import apply_vpg_init
-
+    fresh = VLModel(model.config, rngs=nnx.Rngs(1))
     mesh = sharding.make_mesh((-1, 1, 1))
-    fresh = VLModel(cfg, rngs=nnx.Rngs(1))
-    assert apply_vpg_init(fresh, setup["out"], mesh, sharding.DEFAULT_RULES) == sorted(parts)
+    assert apply_vpg_init(fresh, setup["out"], mesh, sharding.DEFAULT_RULES) == list(VPG_PARTS)
     np.testing.assert_array_equal(
-        np.asarray(fresh.qformer.layernorm.scale[...]), parts["qformer"]["layernorm"]["scale"]
+        np.asarray(fresh.qformer.layernorm.scale[...]),
+        np.asarray(model.qformer.layernorm.scale[...]),
     )
 
 
 def test_scanned_qformer_layout_gives_same_outputs(setup):
-    info = setup["info"]
-    qcfg = VLConfig.from_dict(info["vl_config"]).qformer
-    unscanned = load_vpg_init(setup["out"])["qformer"]
-    scanned = load_vpg_init(setup["out"], qformer_scan_layers=True)["qformer"]
+    qcfg = model_dir.read_config(setup["out"]).qformer
+    unscanned = vpg(setup["out"])["qformer"]
+    scanned = vpg(setup["out"], qformer={"scan_layers": True})["qformer"]
     outs = []
     for cfg, pure in ((qcfg, unscanned), (dataclasses.replace(qcfg, scan_layers=True), scanned)):
-        abstract = weights.abstract(lambda cfg=cfg: QFormer(cfg, rngs=nnx.Rngs(0)))
-        model = weights.fill_abstract(abstract, pure)
+        abstract_model = abstract(lambda cfg=cfg: QFormer(cfg, rngs=nnx.Rngs(0)))
+        model = fill_abstract(abstract_model, pure)
         rng = np.random.default_rng(2)
         queries = rng.standard_normal((2, 4, qcfg.hidden_size)).astype(np.float32)
         image = rng.standard_normal((2, 17, qcfg.encoder_hidden_size)).astype(np.float32)
@@ -142,52 +145,50 @@ def test_scanned_qformer_layout_gives_same_outputs(setup):
     # The merge can also write the scanned layout directly.
     out = str(setup["root"] / "merged_scan")
     merge_projector(setup["src"], setup["conv_dir"], out, qformer_scan_layers=True, log=None)
-    jax.tree.map(np.testing.assert_array_equal, load_vpg_init(out)["qformer"], scanned)
+    assert model_dir.read_config(out).qformer.scan_layers
+    jax.tree.map(np.testing.assert_array_equal, vpg(out)["qformer"], scanned)
 
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_project_model_dir_source_gives_same_merge(setup, tmp_path, scan):
     """A vpgtrans-jax model directory (any Q-Former layout) merges like the HF original."""
-    from vpgtrans_jax.convert.tools import hf_to_orbax
+    from vpgtrans_jax.checkpoint.convert import hf_to_orbax
 
-    model_dir = str(tmp_path / "model")
-    hf_to_orbax(setup["src"], model_dir, scan_layers=scan, log=lambda *_: None)
+    src_dir = str(tmp_path / "model")
+    hf_to_orbax(setup["src"], src_dir, scan_layers=scan, log=lambda *_: None)
     out = str(tmp_path / "merged")
-    merge_projector(model_dir, setup["conv_dir"], out, log=None)
-    jax.tree.map(np.testing.assert_array_equal, load_vpg_init(out), load_vpg_init(setup["out"]))
+    merge_projector(src_dir, setup["conv_dir"], out, log=None)
+    jax.tree.map(np.testing.assert_array_equal, vpg(out), vpg(setup["out"]))
 
 
 def test_merge_errors(setup, tmp_path):
     with pytest.raises(ValueError, match="converter was trained for another source LLM"):
         merge_linear(np.zeros((4, 8)), np.zeros(8), np.zeros((6, 3)), np.zeros(3))
-    bad = WordConverter(np.zeros((16, TGT_DIM), np.float32), np.zeros(TGT_DIM, np.float32), {})
+    bad = WordConverter(
+        np.zeros((16, TGT_DIM), np.float32),
+        np.zeros(TGT_DIM, np.float32),
+        {"tgt_llm": setup["tgt"]},
+    )
     bad.save(str(tmp_path / "conv16"))
     with pytest.raises(ValueError, match="from width 16 but the source projector writes width 32"):
         merge_projector(setup["src"], str(tmp_path / "conv16"), str(tmp_path / "o"), log=None)
     with pytest.raises(FileNotFoundError, match="not a word converter directory"):
         merge_projector(setup["src"], str(tmp_path), str(tmp_path / "o"), log=None)
+    no_target = WordConverter(bad.kernel, bad.bias, {})
+    no_target.save(str(tmp_path / "conv_nt"))
+    with pytest.raises(ValueError, match="records no target LLM"):
+        merge_projector(setup["src"], str(tmp_path / "conv_nt"), str(tmp_path / "o"), log=None)
     meta = json.loads(open(os.path.join(setup["conv_dir"], "converter.json")).read())
     assert meta["format"] == "vpgtrans_jax.word_converter"
 
 
-def test_cli(setup, tmp_path, capsys):
+def test_cli(setup, tmp_path):
     out = str(tmp_path / "m")
-    assert (
-        cli.main(["--src_checkpoint", setup["src"], "--converter", setup["conv_dir"], "--out", out])
-        == 0
-    )
-    jax.tree.map(np.testing.assert_array_equal, load_vpg_init(out), load_vpg_init(setup["out"]))
-    assert (
-        cli.main(
-            [
-                "--src_checkpoint",
-                str(tmp_path / "none"),
-                "--converter",
-                setup["conv_dir"],
-                "--out",
-                out,
-            ]
-        )
-        == 2
-    )
-    assert "must be a checkpoint directory" in capsys.readouterr().err
+    run = lambda *a: subprocess.run([sys.executable, SCRIPT, *a], capture_output=True, text=True)
+    done = run("--src_checkpoint", setup["src"], "--converter", setup["conv_dir"], "--out", out)
+    assert done.returncode == 0, done.stderr
+    jax.tree.map(np.testing.assert_array_equal, vpg(out), vpg(setup["out"]))
+    missing = str(tmp_path / "none")
+    done = run("--src_checkpoint", missing, "--converter", setup["conv_dir"], "--out", out + "2")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error:") and "not a model directory" in done.stderr

@@ -62,11 +62,11 @@ def test_help_documents_every_flag():
         "--questions",
         "--out",
         "--vqa-rules",
-        "--lemmatize",
-        "--spice",
-        "--spice-download",
-        "--allow-subset",
-        "--per-question",
+        "--[no]lemmatize",  # absl spells boolean flags this way
+        "--[no]spice",
+        "--[no]spice-download",
+        "--[no]allow-subset",
+        "--[no]per-question",
     ):
         assert flag in out.stdout, flag
     for task in ("coco_caption", "nocaps", "vqav2", "okvqa", "gqa"):

@@ -12,13 +12,11 @@ import torch
 import transformers
 from flax import nnx
 
-from vpgtrans_jax import sharding, weights
-from vpgtrans_jax.models.opt import (
-    OPTConfig,
-    OPTForCausalLM,
-    hf_weight_map,
-    is_unused_hf_key,
-)
+from vpgtrans_jax import sharding
+from vpgtrans_jax.checkpoint.engine import load_state_dict
+from vpgtrans_jax.checkpoint.fill import abstract
+from vpgtrans_jax.checkpoint.hf import opt as hf_opt
+from vpgtrans_jax.models.opt import OPTConfig, OPTForCausalLM
 
 TOL = 1e-4
 VOCAB, T = 64, 7
@@ -51,9 +49,9 @@ def make_hf(seed: int = 0, **kw) -> transformers.OPTForCausalLM:
 
 
 def load(cfg: OPTConfig, hf: transformers.OPTForCausalLM) -> OPTForCausalLM:
-    abstract = weights.abstract(lambda: OPTForCausalLM(cfg, rngs=nnx.Rngs(0)))
-    return weights.load_from_torch_state_dict(
-        abstract, hf_weight_map(cfg), hf.state_dict(), ignore_unused=is_unused_hf_key
+    abstract_model = abstract(lambda: OPTForCausalLM(cfg, rngs=nnx.Rngs(0)))
+    return load_state_dict(
+        abstract_model, hf_opt.weight_rules(cfg), hf.state_dict(), optional=hf_opt.is_unused_key
     )
 
 
@@ -81,7 +79,7 @@ def max_diff(a, b) -> float:
 @pytest.mark.parametrize("scan", [False, True], ids=["list", "scan"])
 def test_full_mask_logits_match_torch(variant, scan):
     hf = make_hf(**variant)
-    cfg = OPTConfig.from_hf(hf.config, scan_layers=scan)
+    cfg = hf_opt.config_from_hf(hf.config, scan_layers=scan)
     if variant is VARIANT_350M:
         assert cfg.has_projection and not cfg.has_final_layer_norm and cfg.input_embed_dim == 24
     model = load(cfg, hf)
@@ -98,7 +96,7 @@ def test_padded_batches_match_torch(variant):
     # Fully padded query rows (left padding's leading pads) softmax over an all-masked row in
     # both implementations (uniform weights), so every position is compared, pads included.
     hf = make_hf(**variant)
-    model = load(OPTConfig.from_hf(hf.config), hf)
+    model = load(hf_opt.config_from_hf(hf.config), hf)
     ids = random_ids(batch=3)
     right = np.ones_like(ids)
     right[0, 5:] = 0
@@ -113,7 +111,7 @@ def test_padded_batches_match_torch(variant):
 
 def test_inputs_embeds_and_explicit_positions_match_torch():
     hf = make_hf(**VARIANT_350M)
-    model = load(OPTConfig.from_hf(hf.config), hf)
+    model = load(hf_opt.config_from_hf(hf.config), hf)
     embeds = np.random.default_rng(1).normal(size=(2, T, 24)).astype(np.float32)
     mask = np.ones((2, T), np.int64)
     mask[1, :3] = 0
@@ -128,7 +126,7 @@ def test_inputs_embeds_and_explicit_positions_match_torch():
 
 def test_embed_is_word_embeddings_only():
     hf = make_hf(**VARIANT_350M)
-    model = load(OPTConfig.from_hf(hf.config), hf)
+    model = load(hf_opt.config_from_hf(hf.config), hf)
     ids = random_ids()
     ref = hf.model.decoder.embed_tokens(torch.from_numpy(ids)).detach().numpy()
     assert model.embed(jnp.asarray(ids)).shape == (2, T, 24)
@@ -137,7 +135,7 @@ def test_embed_is_word_embeddings_only():
 
 def test_untied_lm_head_matches_torch():
     hf = make_hf(**BASE, tie_word_embeddings=False)
-    cfg = OPTConfig.from_hf(hf.config)
+    cfg = hf_opt.config_from_hf(hf.config)
     assert not cfg.tie_word_embeddings
     sd = hf.state_dict()
     assert not torch.equal(sd["lm_head.weight"], sd["model.decoder.embed_tokens.weight"])
@@ -154,7 +152,7 @@ def test_no_bias_no_affine_no_final_norm_matches_torch():
         layer_norm_elementwise_affine=False,
         _remove_final_layer_norm=True,
     )
-    cfg = OPTConfig.from_hf(hf.config)
+    cfg = hf_opt.config_from_hf(hf.config)
     assert cfg.remove_final_layer_norm and not cfg.has_final_layer_norm
     model = load(cfg, hf)
     ids = random_ids()
@@ -166,7 +164,7 @@ def test_no_bias_no_affine_no_final_norm_matches_torch():
 @pytest.mark.parametrize("scan", [False, True], ids=["list", "scan"])
 def test_incremental_decoding_matches_full_forward(variant, scan):
     hf = make_hf(**variant)
-    model = load(OPTConfig.from_hf(hf.config, scan_layers=scan), hf)
+    model = load(hf_opt.config_from_hf(hf.config, scan_layers=scan), hf)
     total, prefill = 9, 4
     ids = random_ids(batch=2, length=total, seed=3)
     mask = np.ones_like(ids)
@@ -202,7 +200,7 @@ def test_incremental_decoding_matches_full_forward(variant, scan):
 
 def test_scanned_equals_unscanned():
     hf = make_hf(**VARIANT_350M)
-    cfg = OPTConfig.from_hf(hf.config)
+    cfg = hf_opt.config_from_hf(hf.config)
     listed = load(cfg, hf)
     scanned = load(dataclasses.replace(cfg, scan_layers=True), hf)
     assert nnx.state(scanned)["layers"]["fc1"]["kernel"].shape == (2, 32, 48)
@@ -216,7 +214,7 @@ def test_scanned_equals_unscanned():
 @pytest.mark.parametrize("scan", [False, True], ids=["list", "scan"])
 def test_remat_gradients_match_plain(scan):
     hf = make_hf(**BASE)
-    cfg = OPTConfig.from_hf(hf.config, scan_layers=scan)
+    cfg = hf_opt.config_from_hf(hf.config, scan_layers=scan)
     plain = load(cfg, hf)
     remat = load(dataclasses.replace(cfg, remat_policy="nothing_saveable"), hf)
     ids = jnp.asarray(random_ids())
@@ -234,7 +232,7 @@ def test_remat_gradients_match_plain(scan):
 
 def test_bf16_close_to_fp32():
     hf = make_hf(**VARIANT_350M)
-    cfg = OPTConfig.from_hf(hf.config)
+    cfg = hf_opt.config_from_hf(hf.config)
     f32 = load(cfg, hf)
     bf16 = load(dataclasses.replace(cfg, dtype="bfloat16"), hf)
     ids = jnp.asarray(random_ids())
@@ -248,29 +246,29 @@ def test_bf16_close_to_fp32():
 
 def test_from_hf_dict_and_errors():
     hf_dict = transformers.OPTConfig(**VARIANT_350M).to_dict()
-    cfg = OPTConfig.from_hf(hf_dict, dtype="bfloat16")
+    cfg = hf_opt.config_from_hf(hf_dict, dtype="bfloat16")
     assert (cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.num_kv_heads) == (2, 4, 8, 4)
     assert cfg.input_embed_dim == 24 and cfg.dtype == "bfloat16" and not cfg.do_layer_norm_before
     minimal = {k: hf_dict[k] for k in BASE}
-    assert OPTConfig.from_hf(minimal).input_embed_dim == 32
+    assert hf_opt.config_from_hf(minimal).input_embed_dim == 32
 
     with pytest.raises(ValueError, match="model_type"):
-        OPTConfig.from_hf(dict(hf_dict, model_type="llama"))
+        hf_opt.config_from_hf(dict(hf_dict, model_type="llama"))
     with pytest.raises(ValueError, match="ffn_dim"):
-        OPTConfig.from_hf({k: v for k, v in hf_dict.items() if k != "ffn_dim"})
+        hf_opt.config_from_hf({k: v for k, v in hf_dict.items() if k != "ffn_dim"})
     with pytest.raises(ValueError, match="not_a_field"):
-        OPTConfig.from_hf(hf_dict, not_a_field=1)
+        hf_opt.config_from_hf(hf_dict, not_a_field=1)
     with pytest.raises(ValueError, match="divisible"):
-        OPTConfig.from_hf(dict(hf_dict, num_attention_heads=5))
+        hf_opt.config_from_hf(dict(hf_dict, num_attention_heads=5))
     with pytest.raises(ValueError, match="activation"):
-        OPTConfig.from_hf(dict(hf_dict, activation_function="nope"))
+        hf_opt.config_from_hf(dict(hf_dict, activation_function="nope"))
     with pytest.raises(ValueError, match="remat_policy"):
-        OPTConfig.from_hf(hf_dict, remat_policy="bogus")
+        hf_opt.config_from_hf(hf_dict, remat_policy="bogus")
 
 
 def test_bad_inputs_and_weights_raise_clearly():
     hf = make_hf(**BASE)
-    cfg = OPTConfig.from_hf(hf.config)
+    cfg = hf_opt.config_from_hf(hf.config)
     model = load(cfg, hf)
     ids = jnp.asarray(random_ids())
     with pytest.raises(ValueError, match="exactly one"):
@@ -284,16 +282,16 @@ def test_bad_inputs_and_weights_raise_clearly():
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model.init_cache(2, 41)
 
-    # The tied lm_head.weight is redundant only because is_unused_hf_key says so.
-    abstract = weights.abstract(lambda: OPTForCausalLM(cfg, rngs=nnx.Rngs(0)))
+    # The tied lm_head.weight is redundant only because hf_opt.is_unused_key says so.
+    abstract_model = abstract(lambda: OPTForCausalLM(cfg, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="lm_head.weight"):
-        weights.load_from_torch_state_dict(abstract, hf_weight_map(cfg), hf.state_dict())
-    assert is_unused_hf_key("lm_head.weight")
-    assert not is_unused_hf_key("model.decoder.embed_tokens.weight")
+        load_state_dict(abstract_model, hf_opt.weight_rules(cfg), hf.state_dict())
+    assert hf_opt.is_unused_key("lm_head.weight")
+    assert not hf_opt.is_unused_key("model.decoder.embed_tokens.weight")
 
 
 def test_sharded_run_matches_unsharded():
-    cfg = OPTConfig.from_hf(transformers.OPTConfig(**VARIANT_350M), scan_layers=True)
+    cfg = hf_opt.config_from_hf(transformers.OPTConfig(**VARIANT_350M), scan_layers=True)
     model = OPTForCausalLM(cfg, rngs=nnx.Rngs(0))
     ids = jnp.asarray(random_ids(batch=4))
     ref, _ = model(ids)

@@ -12,8 +12,11 @@ import torch
 from flax import nnx
 from transformers import Blip2Config, Blip2QFormerConfig, Blip2QFormerModel
 
-from vpgtrans_jax import sharding, weights
-from vpgtrans_jax.models import qformer
+from vpgtrans_jax import sharding
+from vpgtrans_jax.checkpoint import rules as weights
+from vpgtrans_jax.checkpoint.engine import load_state_dict
+from vpgtrans_jax.checkpoint.fill import abstract
+from vpgtrans_jax.checkpoint.hf import qformer as hf_qformer
 from vpgtrans_jax.models.qformer import QFormer, QFormerConfig
 
 HF_KW = dict(
@@ -44,11 +47,11 @@ def _state_dict(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def _load(cfg: QFormerConfig, sd: dict[str, np.ndarray]) -> QFormer:
-    return weights.load_from_torch_state_dict(
-        weights.abstract(lambda: QFormer(cfg, rngs=nnx.Rngs(0))),
-        qformer.hf_weight_map(cfg),
+    return load_state_dict(
+        abstract(lambda: QFormer(cfg, rngs=nnx.Rngs(0))),
+        hf_qformer.weight_rules(cfg),
         sd,
-        ignore_unused=qformer.is_unused_hf_key,
+        optional=hf_qformer.is_unused_key,
     )
 
 
@@ -84,7 +87,7 @@ def _max_diff(a, b) -> float:
 @pytest.mark.parametrize("scan", [False, True])
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_matches_hf_fp32(hf_model, scan, with_mask):
-    cfg = QFormerConfig.from_hf(hf_model.config, scan_layers=scan)
+    cfg = hf_qformer.config_from_hf(hf_model.config, scan_layers=scan)
     model = _load(cfg, _state_dict(hf_model))
     queries, image, image_mask = _inputs(mask=with_mask)
     mask = None if image_mask is None else jnp.asarray(image_mask)
@@ -94,7 +97,7 @@ def test_matches_hf_fp32(hf_model, scan, with_mask):
 
 
 def test_mask_changes_the_output(hf_model):
-    cfg = QFormerConfig.from_hf(hf_model.config)
+    cfg = hf_qformer.config_from_hf(hf_model.config)
     model = _load(cfg, _state_dict(hf_model))
     queries, image, image_mask = _inputs(mask=True)
     full = model(jnp.asarray(queries), jnp.asarray(image))
@@ -105,7 +108,7 @@ def test_mask_changes_the_output(hf_model):
 @pytest.mark.parametrize("scan", [False, True])
 def test_cross_attention_every_layer(scan):
     hf_model = _hf_model(cross_attention_frequency=1, num_hidden_layers=3)
-    cfg = QFormerConfig.from_hf(hf_model.config, scan_layers=scan)
+    cfg = hf_qformer.config_from_hf(hf_model.config, scan_layers=scan)
     assert cfg.cross_layers == [0, 1, 2]
     model = _load(cfg, _state_dict(hf_model))
     queries, image, _ = _inputs(seed=1)
@@ -116,7 +119,7 @@ def test_cross_attention_every_layer(scan):
 def test_frequency_three_unscanned_with_ragged_groups():
     # 5 layers, cross-attention on 0 and 3: fine unscanned, rejected when scanning.
     hf_model = _hf_model(cross_attention_frequency=3, num_hidden_layers=5)
-    cfg = QFormerConfig.from_hf(hf_model.config)
+    cfg = hf_qformer.config_from_hf(hf_model.config)
     assert cfg.cross_layers == [0, 3]
     model = _load(cfg, _state_dict(hf_model))
     queries, image, _ = _inputs(seed=2)
@@ -128,7 +131,7 @@ def test_frequency_three_unscanned_with_ragged_groups():
 
 def test_remat_grads_match_scanned_and_unscanned(hf_model):
     sd = _state_dict(hf_model)
-    base = QFormerConfig.from_hf(hf_model.config)
+    base = hf_qformer.config_from_hf(hf_model.config)
     queries, image, image_mask = _inputs(seed=3, mask=True)
     q, img, m = jnp.asarray(queries), jnp.asarray(image), jnp.asarray(image_mask)
 
@@ -191,7 +194,7 @@ def _unscanned_names(cfg: QFormerConfig, flat: dict[str, np.ndarray]) -> dict[st
 
 def test_bf16_close_to_fp32(hf_model):
     sd = _state_dict(hf_model)
-    cfg = QFormerConfig.from_hf(hf_model.config)
+    cfg = hf_qformer.config_from_hf(hf_model.config)
     queries, image, _ = _inputs(seed=4)
     args = (jnp.asarray(queries), jnp.asarray(image))
     ref = _load(cfg, sd)(*args)
@@ -203,7 +206,7 @@ def test_bf16_close_to_fp32(hf_model):
 
 
 def test_sharded_scanned_forward_matches(hf_model):
-    cfg = QFormerConfig.from_hf(hf_model.config, scan_layers=True)
+    cfg = hf_qformer.config_from_hf(hf_model.config, scan_layers=True)
     model = _load(cfg, _state_dict(hf_model))
     queries, image, image_mask = _inputs(seed=5, mask=True)
     args = (jnp.asarray(queries), jnp.asarray(image), jnp.asarray(image_mask))
@@ -216,7 +219,7 @@ def test_sharded_scanned_forward_matches(hf_model):
 
 
 def test_default_shapes_and_param_count():
-    model = weights.abstract(lambda: QFormer(QFormerConfig(scan_layers=True), rngs=nnx.Rngs(0)))
+    model = abstract(lambda: QFormer(QFormerConfig(scan_layers=True), rngs=nnx.Rngs(0)))
     shapes = {
         ".".join(map(str, p)): tuple(v.get_value().shape)
         for p, v in nnx.to_flat_state(nnx.state(model))
@@ -234,24 +237,26 @@ def test_default_shapes_and_param_count():
 def test_weight_map_covers_every_used_hf_key(hf_model):
     sd = _state_dict(hf_model)
     for scan in (False, True):
-        rules = qformer.hf_weight_map(QFormerConfig.from_hf(hf_model.config, scan_layers=scan))
+        rules = hf_qformer.weight_rules(
+            hf_qformer.config_from_hf(hf_model.config, scan_layers=scan)
+        )
         used = {hf for r in rules for _, hf, _ in weights.expand(r)}
         assert used <= set(sd)
         assert sorted(k for k in sd if k not in used) == sorted(
-            k for k in sd if qformer.is_unused_hf_key(k)
+            k for k in sd if hf_qformer.is_unused_key(k)
         )
 
 
 def test_is_unused_hf_key():
-    assert qformer.is_unused_hf_key("encoder.layer.3.intermediate.dense.weight")
-    assert qformer.is_unused_hf_key("encoder.layer.0.output.dense.bias")
-    assert qformer.is_unused_hf_key("encoder.layer.11.output.LayerNorm.weight")
-    assert qformer.is_unused_hf_key("embeddings.word_embeddings.weight")
-    assert qformer.is_unused_hf_key("embeddings.position_ids")
-    assert not qformer.is_unused_hf_key("encoder.layer.0.output_query.dense.weight")
-    assert not qformer.is_unused_hf_key("encoder.layer.0.attention.output.dense.weight")
-    assert not qformer.is_unused_hf_key("encoder.layer.0.intermediate_query.dense.weight")
-    assert not qformer.is_unused_hf_key("layernorm.weight")
+    assert hf_qformer.is_unused_key("encoder.layer.3.intermediate.dense.weight")
+    assert hf_qformer.is_unused_key("encoder.layer.0.output.dense.bias")
+    assert hf_qformer.is_unused_key("encoder.layer.11.output.LayerNorm.weight")
+    assert hf_qformer.is_unused_key("embeddings.word_embeddings.weight")
+    assert hf_qformer.is_unused_key("embeddings.position_ids")
+    assert not hf_qformer.is_unused_key("encoder.layer.0.output_query.dense.weight")
+    assert not hf_qformer.is_unused_key("encoder.layer.0.attention.output.dense.weight")
+    assert not hf_qformer.is_unused_key("encoder.layer.0.intermediate_query.dense.weight")
+    assert not hf_qformer.is_unused_key("layernorm.weight")
     # A stray text key that is not known to be unused must still be reported by the loader.
     sd = _state_dict(_hf_model(num_hidden_layers=2))
     sd["encoder.layer.0.attention.extra.weight"] = np.zeros(3, np.float32)
@@ -268,21 +273,21 @@ def _cfg_kwargs() -> dict:
 
 def test_from_hf_variants_and_errors():
     hf = Blip2QFormerConfig(**HF_KW)
-    a = QFormerConfig.from_hf(hf)
+    a = hf_qformer.config_from_hf(hf)
     assert a == QFormerConfig(**_cfg_kwargs())
-    assert QFormerConfig.from_hf(hf.to_dict()) == a
-    assert QFormerConfig.from_hf({}) == QFormerConfig()
+    assert hf_qformer.config_from_hf(hf.to_dict()) == a
+    assert hf_qformer.config_from_hf({}) == QFormerConfig()
     full = Blip2Config(qformer_config=hf.to_dict(), vision_config={"hidden_size": 24})
-    assert QFormerConfig.from_hf(full) == a
-    assert QFormerConfig.from_hf(full.to_dict()) == a
+    assert hf_qformer.config_from_hf(full) == a
+    assert hf_qformer.config_from_hf(full.to_dict()) == a
     with pytest.raises(ValueError, match="model_type 'bert'"):
-        QFormerConfig.from_hf({"model_type": "bert"})
+        hf_qformer.config_from_hf({"model_type": "bert"})
     with pytest.raises(ValueError, match=r"unknown fields \['bogus'\]"):
-        QFormerConfig.from_hf(hf, bogus=True)
+        hf_qformer.config_from_hf(hf, bogus=True)
     with pytest.raises(ValueError, match="hidden_size=30 must be a multiple of num_heads=4"):
-        QFormerConfig.from_hf(hf, hidden_size=30)
+        hf_qformer.config_from_hf(hf, hidden_size=30)
     with pytest.raises(ValueError, match="cross_attention_frequency must be >= 1, got 0"):
-        QFormerConfig.from_hf(hf, cross_attention_frequency=0)
+        hf_qformer.config_from_hf(hf, cross_attention_frequency=0)
 
 
 def test_bad_inputs_are_rejected():

@@ -10,8 +10,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import vpgtrans_jax
+from tests import torch_reference as F
 from vpgtrans_jax import sharding
-from vpgtrans_jax import torch_reference as F
 
 
 @pytest.fixture(scope="module", params=["opt", "llama"])

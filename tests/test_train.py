@@ -18,7 +18,8 @@ import pytest
 from flax import nnx
 from ml_collections import config_flags  # noqa: F401 - config files are plain modules here
 
-from vpgtrans_jax import layers
+from vpgtrans_jax import tiny
+from vpgtrans_jax.nn import layers
 from vpgtrans_jax.train import config_base, loop, optim
 from vpgtrans_jax.train import step as step_lib
 from vpgtrans_jax.train.metrics_writer import crc32c, read_scalars
@@ -55,7 +56,7 @@ def _tiny(name, synthetic_dir, **over):
         for p in path:
             node = node[p]
         node[last] = value
-    return c
+    return tiny.prepare(c)  # the synthetic data and the tiny LLM, as scripts/train.py does
 
 
 def _losses(workdir):
@@ -262,7 +263,7 @@ def test_sharded_training_equals_single_device(tmp_path, synthetic_dir):
         c = _tiny("tiny_finetune", synthetic_dir, num_steps=3, mesh_shape=shape, export_final=True)
         workdir = str(tmp_path / "x".join(map(str, shape)))
         loop.train(c, workdir, progress=False)
-        from vpgtrans_jax.convert.model_dir import load_params
+        from vpgtrans_jax.checkpoint.model_dir import load_params
 
         parts = load_params(os.path.join(workdir, "export"), parts=c.trainable)
         results[shape] = (_losses(workdir), parts)

@@ -30,7 +30,6 @@ def _tiny_config():
 def _mtimes(workdir: str) -> dict[str, float]:
     paths = [
         "converter/converter.json",
-        "merge/export.json",
         "init/vpgtrans_model.json",
         "stage1/export/vpgtrans_model.json",
         "records/eval_stage1_coco_caption.json",
@@ -56,7 +55,6 @@ def test_partial_report_after_stop(first_half):
         "assets": "done",
         "converter": "done",
         "merge": "done",
-        "init": "done",
         "stage1": "done",
         "eval_stage1_coco_caption": "done",
         "stage2": "pending",
@@ -77,9 +75,7 @@ def test_partial_report_after_stop(first_half):
 def test_resume_after_stopped_stage_then_complete(first_half, monkeypatch):
     workdir, _ = first_half
     before = _mtimes(workdir)
-    from vpgtrans_jax.train import loop
-
-    real_train = loop.train
+    real_train = pipeline.train
 
     def preempted(c, wd, progress=True):
         """Stage 2 gets SIGTERM after 5 of its steps (train saves a checkpoint and returns)."""
@@ -89,13 +85,13 @@ def test_resume_after_stopped_stage_then_complete(first_half, monkeypatch):
         summary = real_train(c, wd, progress=progress)
         return {**summary, "total_steps": 16, "stopped_by": "SIGTERM", "export": None}
 
-    monkeypatch.setattr(loop, "train", preempted)
+    monkeypatch.setattr(pipeline, "train", preempted)
     stopped = pipeline.run_transfer(_tiny_config(), workdir, progress=False)
     assert not stopped["complete"] and "stage2 stopped at step 5/16" in stopped["stopped"]
     this_run = {s["name"]: s["this_run"] for s in stopped["steps"]}
     assert this_run["stage2"] == "stopped" and this_run["converter"] == "skipped"
 
-    monkeypatch.setattr(loop, "train", real_train)
+    monkeypatch.setattr(pipeline, "train", real_train)
     report = pipeline.run_transfer(_tiny_config(), workdir, progress=False)
     assert report["complete"] and report["stopped"] is None
     this_run = {s["name"]: s["this_run"] for s in report["steps"]}
@@ -103,7 +99,6 @@ def test_resume_after_stopped_stage_then_complete(first_half, monkeypatch):
         "assets": "skipped",
         "converter": "skipped",
         "merge": "skipped",
-        "init": "skipped",
         "stage1": "skipped",
         "eval_stage1_coco_caption": "skipped",
         "stage2": "ran",
@@ -183,7 +178,7 @@ def test_real_config_errors_name_the_missing_field(tmp_path):
         pipeline.TransferPipeline(c, str(tmp_path / "w"))
     c.eval.run = ""
     pipe = pipeline.TransferPipeline(c, str(tmp_path / "w"))
-    assert [s.name for s in pipe.steps] == ["converter", "merge", "init", "stage1", "stage2"]
+    assert [s.name for s in pipe.steps] == ["converter", "merge", "stage1", "stage2"]
     s2 = pipe.stage_configs["stage2"]
     assert s2.model.path == pipe.dirs["init"]
     assert s2.model.vpg_init == os.path.join(pipe.dirs["stage1"], "export")
@@ -214,7 +209,7 @@ def test_vicuna_config_chains_three_stages(tmp_path):
     c.eval.points = "source,stage3"
     pipe = pipeline.TransferPipeline(c, str(tmp_path / "w"))
     assert [s.name for s in pipe.steps] == [
-        "converter", "merge", "init", "eval_source_coco_caption", "eval_source_gqa",
+        "converter", "merge", "eval_source_coco_caption", "eval_source_gqa",
         "stage1", "stage2", "stage3", "eval_stage3_coco_caption", "eval_stage3_gqa",
     ]  # fmt: skip
     s3 = pipe.stage_configs["stage3"]

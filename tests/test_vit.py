@@ -13,9 +13,13 @@ import torch.nn.functional as F
 from flax import nnx
 from transformers import Blip2Config, Blip2VisionConfig, Blip2VisionModel
 
-from vpgtrans_jax import layers, sharding, weights
+from vpgtrans_jax import sharding
+from vpgtrans_jax.checkpoint.engine import load_state_dict
+from vpgtrans_jax.checkpoint.fill import abstract
+from vpgtrans_jax.checkpoint.hf import vit as hf_vit
 from vpgtrans_jax.models import vit
 from vpgtrans_jax.models.vit import VisionConfig, VisionTransformer
+from vpgtrans_jax.nn import layers
 
 HF_KW = dict(
     image_size=28, patch_size=7, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
@@ -47,11 +51,11 @@ def _state_dict(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def _load(cfg: VisionConfig, sd: dict[str, np.ndarray]) -> VisionTransformer:
-    return weights.load_from_torch_state_dict(
-        weights.abstract(lambda: VisionTransformer(cfg, rngs=nnx.Rngs(0))),
-        vit.hf_weight_map(cfg),
+    return load_state_dict(
+        abstract(lambda: VisionTransformer(cfg, rngs=nnx.Rngs(0))),
+        hf_vit.weight_rules(cfg),
         sd,
-        ignore_unused=lambda k: k.startswith("post_layernorm."),
+        optional=lambda k: k.startswith("post_layernorm."),
     )
 
 
@@ -79,7 +83,7 @@ def _max_diff(a, b) -> float:
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_matches_hf_fp32(hf_model, scan):
-    cfg = VisionConfig.from_hf(hf_model.config, scan_layers=scan)
+    cfg = hf_vit.config_from_hf(hf_model.config, scan_layers=scan)
     sd = _state_dict(hf_model)
     model, ln = _load(cfg, sd), _post_ln(cfg, sd)
     x = _images(2, 28, 28)
@@ -90,7 +94,7 @@ def test_matches_hf_fp32(hf_model, scan):
 
 @pytest.mark.parametrize("size", [(42, 35), (21, 21), (30, 31)])
 def test_other_resolutions_match_hf_interpolation(hf_model, size):
-    cfg = VisionConfig.from_hf(hf_model.config)
+    cfg = hf_vit.config_from_hf(hf_model.config)
     sd = _state_dict(hf_model)
     model, ln = _load(cfg, sd), _post_ln(cfg, sd)
     x = _images(2, *size, seed=1)
@@ -123,7 +127,7 @@ def test_resize_pos_embed_rejects_wrong_grid():
 def test_scanned_equals_unscanned_and_remat_grads(hf_model):
     sd = _state_dict(hf_model)
     x = jnp.asarray(_images(2, 28, 28, seed=2))
-    base = VisionConfig.from_hf(hf_model.config)
+    base = hf_vit.config_from_hf(hf_model.config)
 
     def grads(cfg: VisionConfig):
         model = _load(cfg, sd)
@@ -168,7 +172,7 @@ def test_scanned_equals_unscanned_and_remat_grads(hf_model):
 def test_bf16_close_to_fp32(hf_model):
     sd = _state_dict(hf_model)
     x = jnp.asarray(_images(2, 28, 28, seed=3))
-    cfg = VisionConfig.from_hf(hf_model.config)
+    cfg = hf_vit.config_from_hf(hf_model.config)
     ref = _load(cfg, sd)(x)
     out = _load(dataclasses.replace(cfg, dtype="bfloat16"), sd)(x)
     assert out.dtype == jnp.bfloat16
@@ -181,7 +185,7 @@ def test_bf16_close_to_fp32(hf_model):
 
 def test_sharded_forward_matches(hf_model):
     sd = _state_dict(hf_model)
-    cfg = VisionConfig.from_hf(hf_model.config, scan_layers=True)
+    cfg = hf_vit.config_from_hf(hf_model.config, scan_layers=True)
     x = jnp.asarray(_images(4, 28, 28, seed=4))
     model = _load(cfg, sd)
     ref = model(x)
@@ -193,7 +197,7 @@ def test_sharded_forward_matches(hf_model):
 
 
 def _abstract_shapes(cfg: VisionConfig) -> dict[str, tuple[int, ...]]:
-    model = weights.abstract(lambda: VisionTransformer(cfg, rngs=nnx.Rngs(0)))
+    model = abstract(lambda: VisionTransformer(cfg, rngs=nnx.Rngs(0)))
     return {
         ".".join(map(str, p)): tuple(v.get_value().shape)
         for p, v in nnx.to_flat_state(nnx.state(model))
@@ -236,30 +240,30 @@ def test_pre_layernorm_is_applied():
     out = model(jnp.asarray(_images(1, 14, 14)))
     np.testing.assert_allclose(np.asarray(jnp.mean(out, axis=-1)), 3.0, atol=1e-5)
     with pytest.raises(ValueError, match="pre_layernorm"):
-        vit.hf_weight_map(cfg)
+        hf_vit.weight_rules(cfg)
 
 
 def test_from_hf_variants_and_errors():
     hf = Blip2VisionConfig(**HF_KW)
-    a = VisionConfig.from_hf(hf)
+    a = hf_vit.config_from_hf(hf)
     assert (a.image_size, a.patch_size, a.hidden_size, a.num_layers) == (28, 7, 32, 3)
     assert (a.num_heads, a.mlp_dim, a.layer_norm_eps, a.hidden_act) == (4, 48, 1e-6, "gelu")
-    assert VisionConfig.from_hf(hf.to_dict()) == a
-    assert VisionConfig.from_hf({**hf.to_dict(), "image_size": [28, 28]}) == a
+    assert hf_vit.config_from_hf(hf.to_dict()) == a
+    assert hf_vit.config_from_hf({**hf.to_dict(), "image_size": [28, 28]}) == a
     full = Blip2Config(vision_config=hf.to_dict())
-    assert VisionConfig.from_hf(full) == a
-    assert VisionConfig.from_hf({}) == VisionConfig.eva_vit_g()
-    assert VisionConfig.from_hf(hf, dtype="bfloat16").dtype == "bfloat16"
+    assert hf_vit.config_from_hf(full) == a
+    assert hf_vit.config_from_hf({}) == VisionConfig.eva_vit_g()
+    assert hf_vit.config_from_hf(hf, dtype="bfloat16").dtype == "bfloat16"
     with pytest.raises(ValueError, match="square image_size"):
-        VisionConfig.from_hf({"image_size": [28, 35]})
+        hf_vit.config_from_hf({"image_size": [28, 35]})
     with pytest.raises(ValueError, match="model_type 'clip_vision_model'"):
-        VisionConfig.from_hf({"model_type": "clip_vision_model"})
+        hf_vit.config_from_hf({"model_type": "clip_vision_model"})
     with pytest.raises(ValueError, match=r"unknown fields \['bogus'\]"):
-        VisionConfig.from_hf(hf, bogus=1)
+        hf_vit.config_from_hf(hf, bogus=1)
     with pytest.raises(ValueError, match="hidden_size=30 must be a multiple of num_heads=4"):
-        VisionConfig.from_hf(hf, hidden_size=30)
+        hf_vit.config_from_hf(hf, hidden_size=30)
     with pytest.raises(ValueError, match="unsupported activation 'swiglu'"):
-        VisionConfig.from_hf({**hf.to_dict(), "hidden_act": "swiglu"})
+        hf_vit.config_from_hf({**hf.to_dict(), "hidden_act": "swiglu"})
     with pytest.raises(ValueError, match="unknown remat_policy"):
         VisionConfig(remat_policy="everything")
 
@@ -275,26 +279,25 @@ def test_bad_pixel_values_are_rejected():
 
 
 def test_k_bias_check(hf_model):
+    cfg = hf_vit.config_from_hf(hf_model.config)
     sd = _state_dict(hf_model)
-    vit.check_hf_k_bias_zero(sd)
-    prefixed = {"vision_model." + k: v for k, v in sd.items()}
-    vit.check_hf_k_bias_zero(prefixed, prefix="vision_model.")
+    _load(cfg, sd)
     key = "encoder.layers.1.self_attn.qkv.bias"
     bad = dict(sd)
     bad[key] = sd[key].copy()
     bad[key][32 + 5] = 0.5
-    with pytest.raises(ValueError, match=r"encoder\.layers\.1\.self_attn\.qkv\.bias: the k-bias"):
-        vit.check_hf_k_bias_zero(bad)
+    with pytest.raises(ValueError, match=r"encoder\.layers\.1\.self_attn\.qkv\.bias.*k bias"):
+        _load(cfg, bad)
     bad_t = {k: torch.from_numpy(v) for k, v in bad.items()}
-    with pytest.raises(ValueError, match="k-bias chunk"):
-        vit.check_hf_k_bias_zero(bad_t)
+    with pytest.raises(ValueError, match="k bias"):
+        _load(cfg, bad_t)
 
 
 def test_unmapped_post_layernorm_is_reported(hf_model):
-    cfg = VisionConfig.from_hf(hf_model.config)
+    cfg = hf_vit.config_from_hf(hf_model.config)
     with pytest.raises(ValueError, match="post_layernorm"):
-        weights.load_from_torch_state_dict(
-            weights.abstract(lambda: VisionTransformer(cfg, rngs=nnx.Rngs(0))),
-            vit.hf_weight_map(cfg),
+        load_state_dict(
+            abstract(lambda: VisionTransformer(cfg, rngs=nnx.Rngs(0))),
+            hf_vit.weight_rules(cfg),
             _state_dict(hf_model),
         )

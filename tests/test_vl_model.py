@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import vpgtrans_jax
-from vpgtrans_jax import torch_reference as F
-from vpgtrans_jax.checkpoint_io import CheckpointError
+from tests import torch_reference as F
+from vpgtrans_jax.checkpoint.safetensors import CheckpointError
 from vpgtrans_jax.models.vl_model import IGNORE_INDEX, cross_entropy
 
 

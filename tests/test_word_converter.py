@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 import transformers as T
 
-from vpgtrans_jax.checkpoint_io import CheckpointError
-from vpgtrans_jax.data.local_tokenizer import train_tokenizer
+from tests.scripts_util import run_script
+from vpgtrans_jax.checkpoint.safetensors import CheckpointError
+from vpgtrans_jax.tiny.tokenizer import train_tokenizer
 from vpgtrans_jax.transfer import alignment
 from vpgtrans_jax.transfer.linear_map import FitConfig, fit_linear_map, split_pairs
 from vpgtrans_jax.transfer.llm_embeddings import read_input_embeddings
 from vpgtrans_jax.transfer.word_converter import build_word_converter, load_converter
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-import word_converter as cli  # noqa: E402
 
 _WORDS = (
     "a man woman dog cat sitting standing on the table with red blue green plate of food "
@@ -242,16 +239,22 @@ def test_bad_inputs_are_named(corpus, tmp_path):
         build_word_converter("x", "y", corpus["files"], None, align="nope", log=None)
 
 
-def test_cli_writes_converter_and_reports_errors(corpus, tmp_path, capsys):
+def test_cli_writes_converter_and_reports_errors(corpus, tmp_path):
     llm = str(tmp_path / "llm")
     _save_opt(llm, corpus["n_a"], seed=5, proj_dim=None)
     _with_tokenizer(corpus["tok_a"], llm)
     out = str(tmp_path / "conv")
-    args = ["--src_llm", llm, "--tgt_llm", llm, "--text", *corpus["files"], "--out", out]
-    assert cli.main([*args, "--epochs", "2", "--batch_size", "64", "--loss", "mse"]) == 0
-    assert "held-out cosine" in capsys.readouterr().out
+    texts = [a for f in corpus["files"] for a in ("--text", f)]
+    args = ["--src_llm", llm, "--tgt_llm", llm, *texts, "--out", out]
+    done = run_script("scripts/word_converter.py", *args, "--epochs", "2", "--batch_size", "64",
+                      "--loss", "mse")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "held-out cosine" in done.stdout
     meta = json.loads(open(os.path.join(out, "converter.json")).read())
     assert meta["fit"]["loss"] == "mse" and meta["align"] == "same_length"
     assert load_converter(out).kernel.shape == (16, 16)
-    assert cli.main([*args[:5], str(tmp_path / "missing.txt"), "--out", out]) == 2
-    assert "missing.txt" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.txt")
+    done = run_script("scripts/word_converter.py", *args[:4], "--text", missing, "--out", out)
+    assert (
+        done.returncode == 2 and done.stderr.startswith("error:") and "missing.txt" in done.stderr
+    )

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 # Resolved lazily: importing a light submodule (layers, data, eval) must not build every model.
 _LAZY = {
-    "load": ("vpgtrans_jax.loading", "load"),
+    "load": ("vpgtrans_jax.checkpoint.load", "load"),
     "VLModel": ("vpgtrans_jax.models.vl_model", "VLModel"),
     "VLConfig": ("vpgtrans_jax.models.vl_model", "VLConfig"),
 }

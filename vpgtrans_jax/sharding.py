@@ -52,6 +52,13 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("cache_heads", "tensor"),
 )
 
+# Logical names of the activations the models annotate (one definition for every tower).
+BATCH = ("activation_batch",)
+HIDDEN = ("activation_batch", "activation_length", "activation_embed")  # float[B, T, D]
+HEADS = ("activation_batch", "activation_length", "activation_heads", None)  # float[B, T, H, Dh]
+MLP = ("activation_batch", "activation_length", "activation_mlp")  # float[B, T, F]
+LOGITS = ("activation_batch", "activation_length", "activation_vocab")  # float[B, T, V]
+
 
 def make_mesh(
     shape: Sequence[int] = (-1, 1, 1),

@@ -9,10 +9,15 @@ TensorFlow.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from vpgtrans_jax.data.processors import load_image
+from vpgtrans_jax.data.webdataset import expand_shards
+from vpgtrans_jax.errors import BadDataError
 
 MAGIC = b"VPG1"
 _HEADER = struct.Struct("<I")
@@ -46,6 +51,7 @@ def write_shards(
     Records are written in order; the shard count is only known at the end, so shards are
     written under a temporary name and renamed.
     """
+    # lazy: the C++ writer is only needed when converting data
     from array_record.python.array_record_module import ArrayRecordWriter
 
     if records_per_shard < 1:
@@ -75,9 +81,7 @@ class ArrayRecordSource:
     """Random access over shards written by ``write_shards`` (paths or glob patterns)."""
 
     def __init__(self, paths: str | Sequence[str]):
-        from grain.sources import ArrayRecordDataSource
-
-        from vpgtrans_jax.data.webdataset import expand_shards
+        from grain.sources import ArrayRecordDataSource  # lazy: pulls in array_record's C++ reader
 
         self._paths = expand_shards(paths)
         self._source = ArrayRecordDataSource(self._paths)
@@ -90,3 +94,52 @@ class ArrayRecordSource:
 
     def __repr__(self) -> str:
         return f"ArrayRecordSource(shards={len(self._paths)}, len={len(self)})"
+
+
+log = logging.getLogger(__name__)
+
+
+def convert_source(
+    source: Sequence[dict[str, Any]],
+    out_prefix: str,
+    *,
+    records_per_shard: int = 10_000,
+    verify: bool = False,
+    max_bad_fraction: float = 0.05,
+) -> list[str]:
+    """Copies every record of a data source into ArrayRecord shards (``scripts/prepare_data.py``).
+
+    Images are copied byte for byte. A record whose image is missing or (with ``verify``) does
+    not decode is skipped and counted; more than ``max_bad_fraction`` of them is a
+    ``BadDataError`` (after writing what was good). Returns the shard paths.
+    """
+    stats = {"bad": 0, "written": 0}
+
+    def records():
+        for i in range(len(source)):
+            rec = source[i]
+            try:
+                if rec.get("image") is None:
+                    with open(rec["image_path"], "rb") as f:
+                        rec["image"] = f.read()
+                if verify:
+                    load_image(rec["image"])
+            except Exception as e:  # noqa: BLE001 - one bad file must not stop the conversion
+                stats["bad"] += 1
+                if stats["bad"] <= 20:
+                    log.warning("skipping %s: %s: %s", rec.get("key"), type(e).__name__, e)
+                continue
+            rec.pop("image_path", None)
+            stats["written"] += 1
+            yield rec
+
+    paths = write_shards(records(), out_prefix, records_per_shard)
+    total = stats["bad"] + stats["written"]
+    print(f"wrote {stats['written']} records in {len(paths)} shard(s) ({stats['bad']} bad skipped)")
+    for path in paths:
+        print(path)
+    if total and stats["bad"] > max_bad_fraction * total:
+        raise BadDataError(
+            f"{stats['bad']} of {total} samples were bad (> --max_bad_fraction={max_bad_fraction})"
+        )
+    return paths

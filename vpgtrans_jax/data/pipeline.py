@@ -30,14 +30,11 @@ import numpy as np
 
 from vpgtrans_jax.data import text
 from vpgtrans_jax.data.transforms import SampleProcessor
+from vpgtrans_jax.errors import BadDataError
 
 log = logging.getLogger(__name__)
 _INFO_KEYS = ("_bad", "_key", "_source")
 _MAX_EXAMPLES = 5  # bad examples named in errors
-
-
-class BadDataError(RuntimeError):
-    """Too large a fraction of the samples could not be used."""
 
 
 def _host_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-KINDS = ("lavis_caption", "cc_sbu_align", "vqa", "gqa", "webdataset", "tfds", "arrayrecord")
+from vpgtrans_jax.data.arrayrecord import ArrayRecordSource
+from vpgtrans_jax.data.sources import CcSbuAlignSource, GqaSource, LavisCaptionSource, VqaSource
+from vpgtrans_jax.data.tfds_source import TfdsSource
+from vpgtrans_jax.data.webdataset import WebDatasetSource
+
+SOURCES: dict[str, type] = {
+    "lavis_caption": LavisCaptionSource,
+    "cc_sbu_align": CcSbuAlignSource,
+    "vqa": VqaSource,
+    "gqa": GqaSource,
+    "webdataset": WebDatasetSource,
+    "tfds": TfdsSource,  # imports TensorFlow Datasets only when built
+    "arrayrecord": ArrayRecordSource,
+}
+KINDS = tuple(SOURCES)
 
 
 def make_source(kind: str, **kwargs: Any) -> Any:
@@ -15,23 +29,9 @@ def make_source(kind: str, **kwargs: Any) -> Any:
     image_root); webdataset(shards, caption_field); tfds(name, split, data_dir, image_key,
     text_key); arrayrecord(paths).
     """
-    if kind == "lavis_caption":
-        from vpgtrans_jax.data.sources import LavisCaptionSource as cls
-    elif kind == "cc_sbu_align":
-        from vpgtrans_jax.data.sources import CcSbuAlignSource as cls
-    elif kind == "vqa":
-        from vpgtrans_jax.data.sources import VqaSource as cls
-    elif kind == "gqa":
-        from vpgtrans_jax.data.sources import GqaSource as cls
-    elif kind == "webdataset":
-        from vpgtrans_jax.data.webdataset import WebDatasetSource as cls
-    elif kind == "tfds":
-        from vpgtrans_jax.data.tfds_source import TfdsSource as cls
-    elif kind == "arrayrecord":
-        from vpgtrans_jax.data.arrayrecord import ArrayRecordSource as cls
-    else:
+    if kind not in SOURCES:
         raise ValueError(f"unknown source kind {kind!r}; expected one of {KINDS}")
     try:
-        return cls(**kwargs)
+        return SOURCES[kind](**kwargs)
     except TypeError as e:
         raise TypeError(f"bad arguments for source kind {kind!r}: {e}") from None

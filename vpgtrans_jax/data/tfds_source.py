@@ -47,7 +47,7 @@ class TfdsSource:
         text_key: str = "caption",
         extra_keys: tuple[str, ...] = (),
     ):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # lazy: TensorFlow takes ~10 s to import
 
         self._name, self._split = name, split
         self._image_key, self._text_key, self._extra = image_key, text_key, extra_keys

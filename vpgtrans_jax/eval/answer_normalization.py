@@ -22,6 +22,8 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from vpgtrans_jax.errors import MissingDependencyError
+
 # Characters handled by rule 1 (the "." has its own rule). Note that ":" and "'" are not in it.
 PUNCTUATION: tuple[str, ...] = tuple(';/[]"{}()=+\\_-><@`,?!')
 
@@ -111,7 +113,7 @@ def _load_spacy() -> Callable[[str], Any]:
     try:
         import spacy
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingDependencyError(
             "Lemmatisation (the LAVIS OK-VQA protocol) needs spaCy, which is not installed: "
             "run `pip install spacy && python -m spacy download en_core_web_sm`, or score "
             "without lemmatisation."
@@ -119,7 +121,7 @@ def _load_spacy() -> Callable[[str], Any]:
     try:
         return spacy.load("en_core_web_sm")
     except OSError as e:
-        raise RuntimeError(
+        raise MissingDependencyError(
             "Lemmatisation needs the spaCy model 'en_core_web_sm', which is not installed: run "
             "`python -m spacy download en_core_web_sm`, or score without lemmatisation."
         ) from e

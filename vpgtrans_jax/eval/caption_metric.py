@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from vpgtrans_jax.errors import MissingDependencyError
+
 CAPTION_METRICS: tuple[str, ...] = (
     "Bleu_1",
     "Bleu_2",
@@ -57,11 +59,11 @@ def _require_tools() -> None:
     try:
         import pycocoevalcap  # noqa: F401
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingDependencyError(
             "Caption metrics need pycocoevalcap: `pip install pycocoevalcap` (and Java)."
         ) from e
     if shutil.which("java") is None:
-        raise RuntimeError(
+        raise MissingDependencyError(
             "Caption metrics need Java on PATH (pycocoevalcap's PTB tokenizer and METEOR are "
             "Java programs): install a JRE, e.g. `apt-get install openjdk-17-jre-headless`."
         )
@@ -76,7 +78,7 @@ def tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     try:
         out = PTBTokenizer().tokenize(wrapped)
     except PermissionError as e:
-        raise RuntimeError(
+        raise MissingDependencyError(
             "pycocoevalcap's PTB tokenizer writes a temporary file next to its jar, in a folder "
             f"that is not writable here ({e}); install pycocoevalcap in a writable environment"
         ) from e

@@ -1,6 +1,7 @@
-"""The evaluation protocol of every benchmark (VPGTrans_NOTES §5) as ml_collections configs.
+"""The evaluation protocol of every benchmark as ml_collections configs: the VPGTrans paper's
+zero-shot settings (LAVIS's prompts, beams, lengths and length penalties; docs/evaluation.md).
 
-``configs/eval_<task>.py`` call these; ``scripts/evaluate.py`` reads the result.
+``configs/eval_<task>.py`` call these; ``eval.runner`` (``scripts/evaluate.py``) reads the result.
 """
 
 from __future__ import annotations

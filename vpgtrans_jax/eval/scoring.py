@@ -6,7 +6,9 @@ annotations cover the same ids, and returns a JSON-ready metrics dict; ``format_
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -178,3 +180,30 @@ def format_table(metrics: dict[str, Any]) -> str:
     if acc.get("perQuestionType"):
         rows.append(("question types", f"{len(acc['perQuestionType'])} (in the JSON)"))
     return _rows_table(title, rows)
+
+
+def score_to_file(
+    task: str,
+    predictions: PathLike,
+    annotations: PathLike,
+    questions: PathLike | None = None,
+    *,
+    out: PathLike | None = None,
+    spice_download: bool = False,
+    spice: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """``score_files``, the table printed on stdout and the metrics written to ``out`` (if any);
+    progress messages go to stderr. What ``scripts/score.py`` runs."""
+    if spice_download and not spice:
+        raise ValueError("--spice-download only makes sense together with --spice")
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731 - keep stdout for the table
+    metrics = score_files(task, predictions, annotations, questions, spice=spice,
+                          spice_download=spice_download, log=log, **options)  # fmt: skip
+    print(format_table(metrics))
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2)
+        print(f"wrote {out}", file=sys.stderr)
+    return metrics

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from vpgtrans_jax.generation import processors, topk
 from vpgtrans_jax.generation.config import GenerationConfig, length_penalty_table
 from vpgtrans_jax.generation.greedy import StepFn
-from vpgtrans_jax.kv_cache import KVCache
+from vpgtrans_jax.nn.kv_cache import KVCache
 
 _MASK = -1.0e9  # HF's "impossible" score
 

@@ -9,21 +9,19 @@ soon as Hugging Face's ``generate`` would.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpgtrans_jax.beam_cache import BeamKVCache
 from vpgtrans_jax.generation import processors
 from vpgtrans_jax.generation.beam import beam_search
 from vpgtrans_jax.generation.config import EarlyStopping, GenerationConfig
 from vpgtrans_jax.generation.greedy import greedy_or_sample
-from vpgtrans_jax.kv_cache import KVCache
-
-if TYPE_CHECKING:
-    from vpgtrans_jax.models.vl_model import VLModel
+from vpgtrans_jax.models.vl_model import VLModel
+from vpgtrans_jax.nn.beam_cache import BeamKVCache
+from vpgtrans_jax.nn.kv_cache import KVCache
 
 
 def decode(

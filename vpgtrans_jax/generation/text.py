@@ -15,26 +15,24 @@ soft prompt goes where ``<ImageHere>`` stands.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from vpgtrans_jax.data.processors import blip_image_eval
+from vpgtrans_jax.data.text import generation_batch, keep_last_columns, pad_id
 from vpgtrans_jax.generation.decode import generate
-
-if TYPE_CHECKING:
-    from vpgtrans_jax.models.vl_model import VLModel
+from vpgtrans_jax.models import registry
+from vpgtrans_jax.models.vl_model import VLModel
 
 
 def newline_eos_id(tokenizer: Any, llm_type: str) -> int:
-    """The id VPGTrans stops at: OPT ``tok("\\n")[0]``, LLaMA ``tok("\\n")[-1]``."""
+    """The id VPGTrans stops at: OPT ``tok("\\n")[0]``, LLaMA ``tok("\\n")[-1]`` (the family's
+    ``newline_index``)."""
     ids = list(tokenizer("\n", add_special_tokens=False)["input_ids"])
     if not ids:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} encodes '\\n' to no tokens")
-    if llm_type == "opt":
-        return int(ids[0])
-    if llm_type == "llama":
-        return int(ids[-1])
-    raise ValueError(f"llm_type={llm_type!r}: expected 'opt' or 'llama'")
+    return int(ids[registry.family(llm_type).newline_index])
 
 
 def end_token_ids(tokenizer: Any, llm_type: str, end: str) -> list[int]:
@@ -91,8 +89,6 @@ def _pixels(model: VLModel, images: Any) -> np.ndarray:
     """float[B, H, W, 3] arrays pass through; PIL images / paths / bytes get the eval transform."""
     if isinstance(images, np.ndarray) or hasattr(images, "shape"):
         return np.asarray(images, np.float32)
-    from vpgtrans_jax.data.processors import blip_image_eval
-
     size = model.config.vision.image_size
     return np.stack([blip_image_eval(im, size) for im in images])
 
@@ -125,8 +121,6 @@ def generate_text(
       pad_token_id: default: the tokenizer's pad id, else its EOS id.
       **generate_kwargs: ``max_new_tokens``, ``num_beams``, ... (see ``generate``).
     """
-    from vpgtrans_jax.data.text import generation_batch, keep_last_columns, pad_id
-
     pixels = _pixels(model, images)
     if len(prompts) != pixels.shape[0]:
         raise ValueError(f"got {len(prompts)} prompts for {pixels.shape[0]} images")

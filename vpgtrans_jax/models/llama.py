@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vpgtrans_jax import attention, layers, sharding, stack
-from vpgtrans_jax import kv_cache as kv_cache_lib
-from vpgtrans_jax.kv_cache import KVCache
+from vpgtrans_jax import sharding
 from vpgtrans_jax.models.decoder import CausalLM
-from vpgtrans_jax.weights import WeightRule, layer_rules
+from vpgtrans_jax.nn import attention, layers, stack
+from vpgtrans_jax.nn import kv_cache as kv_cache_lib
+from vpgtrans_jax.nn.kv_cache import KVCache
 
 RopeScaling = tuple[tuple[str, Any], ...]
 
@@ -35,9 +35,6 @@ _ROPE_KEYS: dict[str, tuple[str, ...]] = {
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
 }
-_MODEL_TYPES = ("llama", "mistral", "qwen2")
-_ACT_AXES = ("activation_batch", "activation_length", "activation_embed")
-_HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", None)
 
 
 def _normalise_rope_scaling(
@@ -160,72 +157,16 @@ class LlamaConfig:
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return None if self.rope_scaling is None else dict(self.rope_scaling)
 
-    @classmethod
-    def from_hf(cls, hf_config: Any, **overrides: Any) -> LlamaConfig:
-        """From a transformers Llama/Mistral/Qwen2 config object or a config.json dict.
-
-        RoPE settings are read from ``rope_parameters`` (transformers 5) or ``rope_theta`` +
-        ``rope_scaling`` (older files). ``overrides`` replace fields (e.g. ``dtype="bfloat16"``).
-        """
-        d = dict(hf_config) if isinstance(hf_config, Mapping) else hf_config.to_dict()
-        model_type = d.get("model_type") or "llama"
-        if model_type not in _MODEL_TYPES:
-            raise ValueError(
-                f"model_type {model_type!r} is not a LLaMA-family decoder; "
-                f"expected one of {_MODEL_TYPES}"
-            )
-        if model_type == "mistral" and d.get("sliding_window") is not None:
-            raise ValueError(
-                f"mistral sliding_window={d['sliding_window']!r} is not supported; "
-                "only full attention (sliding_window=None)"
-            )
-        if model_type == "qwen2" and (
-            d.get("use_sliding_window") or "sliding_attention" in (d.get("layer_types") or ())
-        ):
-            raise ValueError("qwen2 use_sliding_window=True is not supported; only full attention")
-
-        rope_params = d.get("rope_parameters")
-        if rope_params:
-            if not isinstance(rope_params, Mapping) or any(
-                isinstance(v, Mapping) for v in rope_params.values()
-            ):
-                raise ValueError(
-                    "rope_parameters must be one flat dict (no per-layer-type RoPE), "
-                    f"got {rope_params!r}"
-                )
-            rope_theta = rope_params.get("rope_theta", d.get("rope_theta"))
-            rope_scaling = rope_params
-        else:
-            rope_theta = d.get("rope_theta")
-            rope_scaling = d.get("rope_scaling")
-        max_pos = int(d.get("max_position_embeddings", 2048))
-        heads = int(d["num_attention_heads"])
-        kw: dict[str, Any] = dict(
-            vocab_size=int(d["vocab_size"]),
-            hidden_size=int(d["hidden_size"]),
-            num_layers=int(d["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(d.get("num_key_value_heads") or heads),
-            head_dim=d.get("head_dim") or None,
-            intermediate_size=int(d["intermediate_size"]),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(10000.0 if rope_theta is None else rope_theta),
-            rope_scaling=rope_scaling,
-            attention_bias=bool(d.get("attention_bias", False)) and model_type == "llama",
-            qkv_bias=model_type == "qwen2",
-            mlp_bias=bool(d.get("mlp_bias", False)) and model_type == "llama",
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            hidden_act=d.get("hidden_act", "silu"),
-            max_position_embeddings=max_pos,
+    def matmul_flops(self, seq: int, logit_positions: int) -> tuple[float, float]:
+        """Forward matmul FLOPs of one sequence: (weight matmuls, attention score/value matmuls)."""
+        d, hd = self.hidden_size, self.head_dim
+        linear = self.num_layers * (
+            2 * 2 * seq * d * self.num_heads * hd
+            + 2 * 2 * seq * d * self.num_kv_heads * hd
+            + 3 * 2 * seq * d * self.intermediate_size
         )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(
-                f"unknown LlamaConfig override(s) {unknown}; valid fields: {sorted(fields)}"
-            )
-        kw.update(overrides)
-        return cls(**kw)
+        linear += 2 * logit_positions * d * self.vocab_size
+        return float(linear), float(self.num_layers * 2 * 2 * seq * seq * self.num_heads * hd)
 
 
 @functools.lru_cache(maxsize=64)
@@ -276,7 +217,7 @@ class LlamaAttention(nnx.Module):
     """Causal self-attention with RoPE, GQA and an optional per-layer KV cache slice."""
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.config = cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         qkv_bias = cfg.attention_bias or cfg.qkv_bias
         q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
@@ -309,14 +250,14 @@ class LlamaAttention(nnx.Module):
         queries attend over the whole cache.
         Returns (float[B, T, E], new cache slice or None).
         """
-        cfg = self.cfg
+        cfg = self.config
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
         k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        q = sharding.constrain(apply_rope(q, cos, sin), _HEAD_AXES)
-        k = sharding.constrain(apply_rope(k, cos, sin), _HEAD_AXES)
-        v = sharding.constrain(v, _HEAD_AXES)
+        q = sharding.constrain(apply_rope(q, cos, sin), sharding.HEADS)
+        k = sharding.constrain(apply_rope(k, cos, sin), sharding.HEADS)
+        v = sharding.constrain(v, sharding.HEADS)
         scale, dtype = cfg.head_dim**-0.5, jnp.dtype(cfg.dtype)
         if kv_cache is None:
             out = attention.dot_product_attention(q, k, v, mask, scale=scale, dtype=dtype)
@@ -430,35 +371,10 @@ class LlamaForCausalLM(CausalLM):
           (float[B, T, E] after the final norm, the cache with index + T, or None).
         """
         cfg = self.config
-        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.hidden_size:
-            raise ValueError(
-                f"inputs_embeds must be float[B, T, {cfg.hidden_size}], "
-                f"got shape {tuple(inputs_embeds.shape)}"
-            )
-        b, t, _ = inputs_embeds.shape
-        index = jnp.zeros((), jnp.int32) if cache is None else cache.index
-        if cache is not None:
-            want = (cfg.num_layers, b, cfg.num_kv_heads, cfg.head_dim)
-            got = (cache.num_layers, cache.batch, cache.num_kv_heads, cache.head_dim)
-            if got != want:
-                raise ValueError(
-                    f"cache (layers, rows, kv heads, head dim) must be {want}, got {got}"
-                )
-        s = t if cache is None else cache.max_length
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, s), jnp.int32)
-        if tuple(attention_mask.shape) != (b, s):
-            where = "cache.max_length (every cache slot)" if cache is not None else "T"
-            raise ValueError(
-                f"attention_mask must be [B, S] = {(b, s)} with S = {where}, "
-                f"got shape {tuple(attention_mask.shape)}"
-            )
+        inp = self.check_inputs(inputs_embeds, attention_mask, positions, cache)
+        b, t, attention_mask, index = inp.batch, inp.length, inp.attention_mask, inp.index
         if positions is None:
             positions = jnp.broadcast_to(index + jnp.arange(t, dtype=jnp.int32), (b, t))
-        elif tuple(positions.shape) != (b, t):
-            raise ValueError(
-                f"positions must be int[B, T] = {(b, t)}, got {tuple(positions.shape)}"
-            )
 
         cos, sin = rope_cos_sin(
             positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
@@ -467,11 +383,11 @@ class LlamaForCausalLM(CausalLM):
             mask = attention.causal_padding_mask(attention_mask, index, t)
         else:
             mask = cache.attention_mask(attention_mask, t)
-        x = sharding.constrain(inputs_embeds.astype(jnp.dtype(cfg.dtype)), _ACT_AXES)
+        x = sharding.constrain(inputs_embeds.astype(jnp.dtype(cfg.dtype)), sharding.HIDDEN)
 
         def body(block, h, kv_l):
             h, kv_l = block(h, cos, sin, mask, kv_l, index)
-            return sharding.constrain(h, _ACT_AXES), kv_l
+            return sharding.constrain(h, sharding.HIDDEN), kv_l
 
         xs = None if cache is None else cache.layer_inputs()
         x, new_kv = stack.apply_layers(
@@ -483,47 +399,8 @@ class LlamaForCausalLM(CausalLM):
         return x, cache.advance(new_kv, t)
 
 
-def hf_weight_map(cfg: LlamaConfig) -> list[WeightRule]:
-    """Rules from ``transformers.LlamaForCausalLM`` (also Mistral/Qwen2) state-dict keys."""
-    qkv_bias = cfg.attention_bias or cfg.qkv_bias
-    per_layer: list[tuple[str, str, str]] = []
-    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-        src = f"model.layers.{{i}}.self_attn.{name}"
-        per_layer.append((f"layers.{{i}}.self_attn.{name}.kernel", f"{src}.weight", "linear"))
-        if cfg.attention_bias or (qkv_bias and name != "o_proj"):
-            per_layer.append((f"layers.{{i}}.self_attn.{name}.bias", f"{src}.bias", "copy"))
-    for name in ("gate_proj", "up_proj", "down_proj"):
-        src = f"model.layers.{{i}}.mlp.{name}"
-        per_layer.append((f"layers.{{i}}.mlp.{name}.kernel", f"{src}.weight", "linear"))
-        if cfg.mlp_bias:
-            per_layer.append((f"layers.{{i}}.mlp.{name}.bias", f"{src}.bias", "copy"))
-    for name in ("input_layernorm", "post_attention_layernorm"):
-        per_layer.append(
-            (f"layers.{{i}}.{name}.scale", f"model.layers.{{i}}.{name}.weight", "copy")
-        )
-
-    rules = [
-        WeightRule("embed_tokens.embedding", "model.embed_tokens.weight", "copy"),
-        WeightRule("norm.scale", "model.norm.weight", "copy"),
-        *layer_rules(per_layer, cfg.num_layers, cfg.scan_layers),
-    ]
-    if not cfg.tie_word_embeddings:
-        rules.append(WeightRule("lm_head.kernel", "lm_head.weight", "linear"))
-    return rules
-
-
-def is_unused_hf_key(key: str) -> bool:
-    """Torch keys no parameter reads: RoPE buffers of old checkpoints and a tied ``lm_head``.
-
-    (Only consulted for keys no rule reads, so an untied ``lm_head.weight`` is still loaded.)
-    """
-    return key.endswith("rotary_emb.inv_freq") or key == "lm_head.weight"
-
-
 __all__ = [
     "LlamaConfig",
     "LlamaForCausalLM",
-    "hf_weight_map",
-    "is_unused_hf_key",
     "rope_inv_freq",
 ]

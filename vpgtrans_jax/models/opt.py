@@ -15,23 +15,20 @@ always run deterministically.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vpgtrans_jax import attention, kv_cache, sharding, stack, weights
-from vpgtrans_jax.kv_cache import KVCache
-from vpgtrans_jax.layers import Dense, Embed, LayerNorm, activation
+from vpgtrans_jax import sharding
 from vpgtrans_jax.models.decoder import CausalLM
+from vpgtrans_jax.nn import attention, kv_cache, stack
+from vpgtrans_jax.nn.kv_cache import KVCache
+from vpgtrans_jax.nn.layers import Dense, Embed, LayerNorm, activation
 
 # OPT's learned position table has 2 extra leading rows (a fairseq padding_idx artefact).
 POSITION_OFFSET = 2
-
-_HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")
-_HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,47 +106,14 @@ class OPTConfig:
     def has_final_layer_norm(self) -> bool:
         return self.do_layer_norm_before and not self.remove_final_layer_norm
 
-    @classmethod
-    def from_hf(cls, hf_config: Any, **overrides: Any) -> OPTConfig:
-        """Builds a config from a ``transformers.OPTConfig`` or its ``config.json`` dict.
-
-        ``overrides`` replace any of our fields (e.g. ``dtype="bfloat16"``, ``scan_layers=True``).
-        Missing optional HF keys take Hugging Face's defaults.
-        """
-        is_dict = isinstance(hf_config, Mapping)
-        missing = object()
-
-        def get(key: str, default: Any = missing) -> Any:
-            value = hf_config.get(key, missing) if is_dict else getattr(hf_config, key, missing)
-            if value is missing:
-                if default is missing:
-                    raise ValueError(f"OPT config is missing required key {key!r}")
-                return default
-            return value
-
-        model_type = get("model_type", "opt")
-        if model_type != "opt":
-            raise ValueError(f"expected an OPT config (model_type 'opt'), got {model_type!r}")
-        fields = dict(
-            vocab_size=get("vocab_size"),
-            hidden_size=get("hidden_size"),
-            num_layers=get("num_hidden_layers"),
-            num_heads=get("num_attention_heads"),
-            ffn_dim=get("ffn_dim"),
-            max_position_embeddings=get("max_position_embeddings", 2048),
-            word_embed_proj_dim=get("word_embed_proj_dim", None),
-            do_layer_norm_before=get("do_layer_norm_before", True),
-            enable_bias=get("enable_bias", True),
-            layer_norm_elementwise_affine=get("layer_norm_elementwise_affine", True),
-            activation_function=get("activation_function", "relu"),
-            remove_final_layer_norm=get("_remove_final_layer_norm", False),
-            tie_word_embeddings=get("tie_word_embeddings", True),
-        )
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown OPTConfig override(s) {unknown}")
-        fields.update(overrides)
-        return cls(**fields)
+    def matmul_flops(self, seq: int, logit_positions: int) -> tuple[float, float]:
+        """Forward matmul FLOPs of one sequence: (weight matmuls, attention score/value matmuls)."""
+        d, e = self.hidden_size, self.input_embed_dim
+        linear = self.num_layers * (4 * 2 * seq * d * d + 2 * 2 * seq * d * self.ffn_dim)
+        if e != d:  # project_in / project_out
+            linear += 2 * 2 * seq * e * d
+        linear += 2 * logit_positions * e * self.vocab_size
+        return float(linear), float(self.num_layers * 2 * 2 * seq * seq * d)
 
 
 class _AffineFreeLayerNorm(nnx.Module):
@@ -193,7 +157,7 @@ class OPTAttention(nnx.Module):
     """Multi-head causal self-attention with biased q/k/v/out projections."""
 
     def __init__(self, cfg: OPTConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.config = cfg
         d = cfg.hidden_size
         kw = _dense_kw(cfg, rngs)
         self.q_proj = Dense(d, d, axes=("embed", "heads"), **kw)
@@ -219,16 +183,16 @@ class OPTAttention(nnx.Module):
         Returns:
           (float[B, T, D], updated (k, v) cache or None).
         """
-        cfg = self.cfg
+        cfg = self.config
         b, t, _ = x.shape
         shape = (b, t, cfg.num_heads, cfg.head_dim)
         # HF scales the projected queries (bias included) before the matmul; same rounding order.
         q = (self.q_proj(x) * cfg.head_dim**-0.5).reshape(shape)
         k = self.k_proj(x).reshape(shape)
         v = self.v_proj(x).reshape(shape)
-        q = sharding.constrain(q, _HEAD_AXES)
-        k = sharding.constrain(k, _HEAD_AXES)
-        v = sharding.constrain(v, _HEAD_AXES)
+        q = sharding.constrain(q, sharding.HEADS)
+        k = sharding.constrain(k, sharding.HEADS)
+        v = sharding.constrain(v, sharding.HEADS)
         if kv is None:
             out = attention.dot_product_attention(
                 q, k, v, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype)
@@ -244,7 +208,7 @@ class OPTDecoderLayer(nnx.Module):
     """One OPT block: attention + ReLU FFN, pre-LN or post-LN per ``do_layer_norm_before``."""
 
     def __init__(self, cfg: OPTConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.config = cfg
         d = cfg.hidden_size
         kw = _dense_kw(cfg, rngs)
         self.self_attn = OPTAttention(cfg, rngs=rngs)
@@ -261,31 +225,24 @@ class OPTDecoderLayer(nnx.Module):
         index: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """float[B, T, D] -> (float[B, T, D], updated layer cache or None)."""
-        pre = self.cfg.do_layer_norm_before
+        pre = self.config.do_layer_norm_before
         h = self.self_attn_layer_norm(x) if pre else x
         h, new_kv = self.self_attn(h, mask, kv, index)
         x = x + h
         if not pre:
             x = self.self_attn_layer_norm(x)
         h = self.final_layer_norm(x) if pre else x
-        x = x + self.fc2(activation(self.cfg.activation_function)(self.fc1(h)))
+        x = x + self.fc2(activation(self.config.activation_function)(self.fc1(h)))
         if not pre:
             x = self.final_layer_norm(x)
         return x, new_kv
-
-
-def _static_int(x: Any) -> int | None:
-    """The Python int behind ``x`` when it is known at trace time, else None."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    return int(x)
 
 
 class OPTForCausalLM(CausalLM):
     """OPT decoder with its LM head; the interface the VL model drives (shared with LLaMA)."""
 
     def __init__(self, cfg: OPTConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.config = cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         e, d = cfg.input_embed_dim, cfg.hidden_size
         self.embed_tokens = Embed(
@@ -318,9 +275,14 @@ class OPTForCausalLM(CausalLM):
             else Dense(e, cfg.vocab_size, axes=("embed", "vocab"), **kw)
         )
 
+    @property
+    def max_positions(self) -> int:
+        """The learned position table's length bounds every sequence."""
+        return self.config.max_position_embeddings
+
     def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> KVCache:
         """An empty cache float[L, batch, H, max_length, Dh] (compute dtype unless ``dtype``)."""
-        cfg = self.cfg
+        cfg = self.config
         if max_length > cfg.max_position_embeddings:
             raise ValueError(
                 f"cache max_length={max_length} exceeds max_position_embeddings="
@@ -356,52 +318,19 @@ class OPTForCausalLM(CausalLM):
         Returns:
           (float[B, T, E] final hidden states for ``logits``, the cache advanced by T or None).
         """
-        cfg = self.cfg
-        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.input_embed_dim:
-            raise ValueError(
-                f"inputs_embeds must be float[B, T, {cfg.input_embed_dim}], got shape "
-                f"{tuple(inputs_embeds.shape)}"
-            )
-        b, t, _ = inputs_embeds.shape
-        s = t if cache is None else cache.max_length
-        if s > cfg.max_position_embeddings:
-            raise ValueError(
-                f"sequence/cache length {s} exceeds max_position_embeddings="
-                f"{cfg.max_position_embeddings}"
-            )
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, s), jnp.int32)
-        if attention_mask.shape != (b, s):
-            what = "the sequence" if cache is None else "every cache slot"
-            raise ValueError(
-                f"attention_mask must have shape (B, S) = {(b, s)} covering {what}, got "
-                f"{tuple(attention_mask.shape)}"
-            )
-        index = jnp.zeros((), jnp.int32) if cache is None else cache.index
-        if cache is not None:
-            if (cache.num_layers, cache.batch) != (cfg.num_layers, b):
-                raise ValueError(
-                    f"cache holds {cache.num_layers} layers x batch {cache.batch}, "
-                    f"expected {cfg.num_layers} x {b}"
-                )
-            start = _static_int(index)
-            if start is not None and start + t > s:
-                raise ValueError(f"cache overflow: index {start} + {t} tokens > length {s}")
-
+        cfg = self.config
+        inp = self.check_inputs(inputs_embeds, attention_mask, positions, cache)
+        t, attention_mask, index = inp.length, inp.attention_mask, inp.index
         mask_int = attention_mask.astype(jnp.int32)
         if positions is None:
             full = jnp.cumsum(mask_int, axis=1) * mask_int - 1
             positions = jax.lax.dynamic_slice_in_dim(full, index, t, axis=1)
-        elif positions.shape != (b, t):
-            raise ValueError(
-                f"positions must have shape (B, T) = {(b, t)}, got {tuple(positions.shape)}"
-            )
 
         h = inputs_embeds.astype(jnp.dtype(cfg.dtype))
         if self.project_in is not None:
             h = self.project_in(h)
         h = h + self.embed_positions(positions + POSITION_OFFSET)
-        h = sharding.constrain(h, _HIDDEN_AXES)
+        h = sharding.constrain(h, sharding.HIDDEN)
         if cache is None:
             mask = attention.causal_padding_mask(attention_mask, index, t)
         else:
@@ -409,7 +338,7 @@ class OPTForCausalLM(CausalLM):
 
         def body(block, carry, kv_l):
             out, new_kv = block(carry, mask, kv_l, index)
-            return sharding.constrain(out, _HIDDEN_AXES), new_kv
+            return sharding.constrain(out, sharding.HIDDEN), new_kv
 
         xs = None if cache is None else cache.layer_inputs()
         h, ys = stack.apply_layers(
@@ -423,60 +352,10 @@ class OPTForCausalLM(CausalLM):
         return h, new_cache
 
 
-def hf_weight_map(cfg: OPTConfig) -> list[weights.WeightRule]:
-    """Rules from ``transformers.OPTForCausalLM`` state-dict keys to our parameters."""
-    W = weights.WeightRule
-    p = "model.decoder."
-    rules = [
-        W("embed_tokens.embedding", p + "embed_tokens.weight", "copy"),
-        W("embed_positions.embedding", p + "embed_positions.weight", "copy"),
-    ]
-    if cfg.has_projection:
-        rules += [
-            W("project_in.kernel", p + "project_in.weight", "linear"),
-            W("project_out.kernel", p + "project_out.weight", "linear"),
-        ]
-    affine = cfg.layer_norm_elementwise_affine
-    if cfg.has_final_layer_norm and affine:
-        rules += [
-            W("final_layer_norm.scale", p + "final_layer_norm.weight", "copy"),
-            W("final_layer_norm.bias", p + "final_layer_norm.bias", "copy"),
-        ]
-    if not cfg.tie_word_embeddings:
-        rules.append(W("lm_head.kernel", "lm_head.weight", "linear"))
-
-    per_layer: list[tuple[str, str, str]] = []
-    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-        per_layer.append((f"self_attn.{name}.kernel", f"self_attn.{name}.weight", "linear"))
-        if cfg.enable_bias:
-            per_layer.append((f"self_attn.{name}.bias", f"self_attn.{name}.bias", "copy"))
-    for name in ("fc1", "fc2"):
-        per_layer.append((f"{name}.kernel", f"{name}.weight", "linear"))
-        if cfg.enable_bias:
-            per_layer.append((f"{name}.bias", f"{name}.bias", "copy"))
-    if affine:
-        for name in ("self_attn_layer_norm", "final_layer_norm"):
-            per_layer.append((f"{name}.scale", f"{name}.weight", "copy"))
-            per_layer.append((f"{name}.bias", f"{name}.bias", "copy"))
-    pairs = [(f"layers.{{i}}.{o}", f"{p}layers.{{i}}.{h}", k) for o, h, k in per_layer]
-    return rules + weights.layer_rules(pairs, cfg.num_layers, cfg.scan_layers)
-
-
-def is_unused_hf_key(key: str) -> bool:
-    """True for ``OPTForCausalLM`` state-dict keys that are legitimately redundant.
-
-    A tied ``lm_head.weight`` duplicates the token embedding. (When the head is untied a rule
-    reads it, so it is never reported as unused either way.)
-    """
-    return key == "lm_head.weight"
-
-
 __all__ = [
     "OPTConfig",
     "OPTAttention",
     "OPTDecoderLayer",
     "OPTForCausalLM",
     "POSITION_OFFSET",
-    "hf_weight_map",
-    "is_unused_hf_key",
 ]

@@ -16,22 +16,15 @@ stacked on the fly. Keeping them unstacked lets every weight rule index HF layer
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vpgtrans_jax import attention, sharding, stack
-from vpgtrans_jax.layers import Dense, LayerNorm, activation
-from vpgtrans_jax.weights import WeightRule, layer_rules
-
-_ACT_AXES = ("activation_batch", "activation_length", "activation_embed")
-_HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", None)
-_HF_TYPE = "blip_2_qformer"
-_HF_COMPOSITE_TYPE = "blip-2"
+from vpgtrans_jax import sharding
+from vpgtrans_jax.nn import attention, stack
+from vpgtrans_jax.nn.layers import Dense, LayerNorm, activation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,58 +76,6 @@ class QFormerConfig:
         """Indices of the layers with cross-attention to the image features."""
         return list(range(0, self.num_layers, self.cross_attention_frequency))
 
-    @classmethod
-    def from_hf(cls, hf_config: Any, **overrides: Any) -> QFormerConfig:
-        """From a ``Blip2QFormerConfig`` (or a full ``Blip2Config``), as an object or a dict.
-
-        Dropout probabilities are accepted and ignored (the query path runs without dropout).
-        """
-        c = _as_dict(hf_config)
-        if c.get("model_type") == _HF_COMPOSITE_TYPE or (
-            "qformer_config" in c and "hidden_size" not in c
-        ):
-            outer = c
-            c = _as_dict(outer.get("qformer_config") or {})
-            # Blip2Config ties the cross-attention input width to the vision width.
-            vision = _as_dict(outer.get("vision_config") or {})
-            if "hidden_size" in vision:
-                c["encoder_hidden_size"] = vision["hidden_size"]
-        model_type = c.get("model_type")
-        if model_type is not None and model_type != _HF_TYPE:
-            raise ValueError(
-                f"QFormerConfig.from_hf: model_type {model_type!r} is not supported; "
-                f"expected {_HF_TYPE!r}"
-            )
-        act = c.get("hidden_act", "gelu")
-        if not isinstance(act, str):
-            raise ValueError(f"QFormerConfig.from_hf: hidden_act must be a name, got {act!r}")
-        fields = dict(
-            hidden_size=int(c.get("hidden_size", 768)),
-            num_layers=int(c.get("num_hidden_layers", 12)),
-            num_heads=int(c.get("num_attention_heads", 12)),
-            intermediate_size=int(c.get("intermediate_size", 3072)),
-            layer_norm_eps=float(c.get("layer_norm_eps", 1e-12)),
-            cross_attention_frequency=int(c.get("cross_attention_frequency", 2)),
-            encoder_hidden_size=int(c.get("encoder_hidden_size", 1408)),
-            hidden_act=act,
-        )
-        fields.update(overrides)
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - valid)
-        if unknown:
-            raise ValueError(
-                f"QFormerConfig: unknown fields {unknown}; valid fields are {sorted(valid)}"
-            )
-        return cls(**fields)
-
-
-def _as_dict(hf_config: Any) -> dict[str, Any]:
-    if isinstance(hf_config, Mapping):
-        return dict(hf_config)
-    if hasattr(hf_config, "to_dict"):
-        return hf_config.to_dict()
-    raise ValueError(f"expected a transformers config or a dict, got {type(hf_config).__name__}")
-
 
 class QFormerAttention(nnx.Module):
     """BERT attention + output sub-layer: ``LN(x + dense(mha(x, kv)))``.
@@ -165,7 +106,7 @@ class QFormerAttention(nnx.Module):
         q = self.query(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.key(kv).reshape(b, s, self.num_heads, self.head_dim)
         v = self.value(kv).reshape(b, s, self.num_heads, self.head_dim)
-        q, k, v = (sharding.constrain(a, _HEAD_AXES) for a in (q, k, v))
+        q, k, v = (sharding.constrain(a, sharding.HEADS) for a in (q, k, v))
         out = attention.dot_product_attention(
             q, k, v, mask, scale=self.head_dim**-0.5, dtype=self.dtype
         )
@@ -185,7 +126,7 @@ class QFormerFFN(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """float[B, Q, D] -> float[B, Q, D]."""
         h = activation(self.act_name)(self.fc1(x))
-        h = sharding.constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
+        h = sharding.constrain(h, sharding.MLP)
         return self.norm(x + self.fc2(h))
 
 
@@ -217,14 +158,14 @@ class QFormerLayer(nnx.Module):
         if cross is not None:
             x = cross(x, image, image_mask)
         x = self.ffn(x)
-        return sharding.constrain(x, _ACT_AXES)
+        return sharding.constrain(x, sharding.HIDDEN)
 
 
 class QFormer(nnx.Module):
     """BLIP-2 Q-Former over image features, query path only."""
 
     def __init__(self, cfg: QFormerConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.config = cfg
         self.dtype = jnp.dtype(cfg.dtype)
         self.layernorm = LayerNorm(
             cfg.hidden_size,
@@ -266,7 +207,7 @@ class QFormer(nnx.Module):
         Returns:
           float[B, Q, D] in the compute dtype.
         """
-        cfg = self.cfg
+        cfg = self.config
         if query_embeds.ndim != 3 or query_embeds.shape[-1] != cfg.hidden_size:
             raise ValueError(
                 f"query_embeds must be float[B, Q, {cfg.hidden_size}], "
@@ -291,7 +232,7 @@ class QFormer(nnx.Module):
                 )
             mask = attention.padding_mask(encoder_mask)
 
-        x = sharding.constrain(self.layernorm(query_embeds), _ACT_AXES)
+        x = sharding.constrain(self.layernorm(query_embeds), sharding.HIDDEN)
         image = encoder_hidden_states.astype(self.dtype)
         if cfg.scan_layers:
             return self._scan_groups(x, image, mask)
@@ -308,7 +249,7 @@ class QFormer(nnx.Module):
         Layer parameters [L, ...] are viewed as [G, f, ...] and the G cross-attentions are
         stacked to [G, ...] as the scan's per-step input.
         """
-        cfg = self.cfg
+        cfg = self.config
         f = cfg.cross_attention_frequency
         g = cfg.num_layers // f
         layer_def, layer_state = nnx.split(self.layers)
@@ -335,61 +276,4 @@ class QFormer(nnx.Module):
 
 # ---- Hugging Face weights ----------------------------------------------------------------------
 
-_ATTN_PARTS = (
-    ("query.kernel", "attention.query.weight", "linear"),
-    ("query.bias", "attention.query.bias", "copy"),
-    ("key.kernel", "attention.key.weight", "linear"),
-    ("key.bias", "attention.key.bias", "copy"),
-    ("value.kernel", "attention.value.weight", "linear"),
-    ("value.bias", "attention.value.bias", "copy"),
-    ("dense.kernel", "output.dense.weight", "linear"),
-    ("dense.bias", "output.dense.bias", "copy"),
-    ("norm.scale", "output.LayerNorm.weight", "copy"),
-    ("norm.bias", "output.LayerNorm.bias", "copy"),
-)
-_FFN_PARTS = (
-    ("fc1.kernel", "intermediate_query.dense.weight", "linear"),
-    ("fc1.bias", "intermediate_query.dense.bias", "copy"),
-    ("fc2.kernel", "output_query.dense.weight", "linear"),
-    ("fc2.bias", "output_query.dense.bias", "copy"),
-    ("norm.scale", "output_query.LayerNorm.weight", "copy"),
-    ("norm.bias", "output_query.LayerNorm.bias", "copy"),
-)
-
-
-def hf_weight_map(cfg: QFormerConfig) -> list[WeightRule]:
-    """Rules from ``transformers.Blip2QFormerModel`` state-dict keys to our parameters."""
-    rules = [
-        WeightRule("layernorm.scale", "layernorm.weight"),
-        WeightRule("layernorm.bias", "layernorm.bias"),
-    ]
-    hf = "encoder.layer.{i}."
-    per_layer = [("layers.{i}.self_attn." + o, hf + "attention." + h, k) for o, h, k in _ATTN_PARTS]
-    per_layer += [("layers.{i}.ffn." + o, hf + h, k) for o, h, k in _FFN_PARTS]
-    rules += layer_rules(per_layer, cfg.num_layers, cfg.scan_layers)
-    # Cross-attention exists on every f-th layer only: one explicit rule per such layer.
-    for g, i in enumerate(cfg.cross_layers):
-        ours = f"cross_attn.{g}." if cfg.scan_layers else f"layers.{i}.cross_attn."
-        rules += [
-            WeightRule(ours + o, f"encoder.layer.{i}.crossattention." + h, k)
-            for o, h, k in _ATTN_PARTS
-        ]
-    return rules
-
-
-_UNUSED = re.compile(
-    r"encoder\.layer\.\d+\.(intermediate\.dense|output\.dense|output\.LayerNorm)\.(weight|bias)"
-    r"|embeddings\.(word_embeddings\.weight|position_embeddings\.weight|position_ids)"
-)
-
-
-def is_unused_hf_key(key: str) -> bool:
-    """True for text-path keys (relative to ``Blip2QFormerModel``) the query path never reads.
-
-    These are each layer's text FFN (``intermediate.dense``, ``output.dense``,
-    ``output.LayerNorm``) and word/position embeddings when present.
-    """
-    return _UNUSED.fullmatch(key) is not None
-
-
-__all__ = ["QFormerConfig", "QFormer", "hf_weight_map", "is_unused_hf_key"]
+__all__ = ["QFormerConfig", "QFormer"]

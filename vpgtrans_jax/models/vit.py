@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any
 
+import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vpgtrans_jax import attention, sharding, stack
-from vpgtrans_jax.layers import Dense, LayerNorm, activation, make_param
-from vpgtrans_jax.weights import WeightRule, layer_rules
-
-_ACT_AXES = ("activation_batch", "activation_length", "activation_embed")
-_HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", None)
-_HF_VISION_TYPES = ("blip_2_vision_model", "instructblip_vision_model")
-_HF_COMPOSITE_TYPES = ("blip-2", "instructblip")
+from vpgtrans_jax import sharding
+from vpgtrans_jax.models.configs import make_config
+from vpgtrans_jax.nn import attention, stack
+from vpgtrans_jax.nn.layers import Dense, LayerNorm, activation, make_param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +83,7 @@ class VisionConfig:
             image_size=224, patch_size=14, hidden_size=1408, num_layers=39, num_heads=16,
             mlp_dim=6144, layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True,
         )  # fmt: skip
-        return _build(cls, {**base, **overrides})
+        return make_config(cls, {**base, **overrides})
 
     @classmethod
     def vit_l(cls, **overrides: Any) -> VisionConfig:
@@ -101,66 +97,7 @@ class VisionConfig:
             mlp_dim=4096, layer_norm_eps=1e-5, hidden_act="quick_gelu", qkv_bias=True,
             pre_layernorm=True,
         )  # fmt: skip
-        return _build(cls, {**base, **overrides})
-
-    @classmethod
-    def from_hf(cls, hf_config: Any, **overrides: Any) -> VisionConfig:
-        """From a ``Blip2VisionConfig`` (or a full ``Blip2Config``), as an object or a dict."""
-        c = _as_dict(hf_config)
-        if c.get("model_type") in _HF_COMPOSITE_TYPES or (
-            "vision_config" in c and "hidden_size" not in c
-        ):
-            c = _as_dict(c.get("vision_config") or {})
-        model_type = c.get("model_type")
-        if model_type is not None and model_type not in _HF_VISION_TYPES:
-            raise ValueError(
-                f"VisionConfig.from_hf: model_type {model_type!r} is not supported; "
-                f"expected one of {_HF_VISION_TYPES}"
-            )
-        fields = dict(
-            image_size=_square(c.get("image_size", 224), "image_size"),
-            patch_size=_square(c.get("patch_size", 14), "patch_size"),
-            num_channels=int(c.get("num_channels", 3)),
-            hidden_size=int(c.get("hidden_size", 1408)),
-            num_layers=int(c.get("num_hidden_layers", 39)),
-            num_heads=int(c.get("num_attention_heads", 16)),
-            mlp_dim=int(c.get("intermediate_size", 6144)),
-            layer_norm_eps=float(c.get("layer_norm_eps", 1e-6)),
-            hidden_act=c.get("hidden_act", "gelu"),
-            qkv_bias=bool(c.get("qkv_bias", True)),
-        )
-        if not isinstance(fields["hidden_act"], str):
-            raise ValueError(
-                f"VisionConfig.from_hf: hidden_act must be an activation name, "
-                f"got {fields['hidden_act']!r}"
-            )
-        return _build(cls, {**fields, **overrides})
-
-
-def _as_dict(hf_config: Any) -> dict[str, Any]:
-    if isinstance(hf_config, Mapping):
-        return dict(hf_config)
-    if hasattr(hf_config, "to_dict"):
-        return hf_config.to_dict()
-    raise ValueError(f"expected a transformers config or a dict, got {type(hf_config).__name__}")
-
-
-def _square(value: Any, name: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise ValueError(f"VisionConfig.from_hf: only square {name} is supported, got {value}")
-        value = value[0]
-    return int(value)
-
-
-def _build(cls: type, fields: dict[str, Any]) -> Any:
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - valid)
-    if unknown:
-        raise ValueError(
-            f"{cls.__name__}: unknown fields {unknown}; valid fields are {sorted(valid)}"
-        )
-    return cls(**fields)
+        return make_config(cls, {**base, **overrides})
 
 
 # ---- position embedding resizing ---------------------------------------------------------------
@@ -252,10 +189,14 @@ class PatchEmbed(nnx.Module):
         b, h, w, c = x.shape
         p = self.patch_size
         gh, gw = h // p, w // p
-        x = x[:, : gh * p, : gw * p].astype(self.dtype).reshape(b, gh, p, gw, p, c)
-        y = jnp.einsum("bhpwqc,pqcd->bhwd", x, self.kernel[...].astype(self.dtype))
-        y = y + self.bias[...].astype(self.dtype)
-        return y.reshape(b, gh * gw, -1)
+        patches = einops.rearrange(
+            x[:, : gh * p, : gw * p].astype(self.dtype),
+            "b (h p) (w q) c -> b (h w) (p q c)",
+            p=p,
+            q=p,
+        )
+        kernel = einops.rearrange(self.kernel[...].astype(self.dtype), "p q c d -> (p q c) d")
+        return patches @ kernel + self.bias[...].astype(self.dtype)
 
 
 class ViTAttention(nnx.Module):
@@ -276,18 +217,16 @@ class ViTAttention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """float[B, T, D] -> float[B, T, D]."""
-        b, t, _ = x.shape
-        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = einops.rearrange(self.qkv(x), "b t (n h d) -> n b t h d", n=3, h=self.num_heads)
         if self.q_bias is not None:
             shape = (self.num_heads, self.head_dim)
             q = q + self.q_bias[...].astype(self.dtype).reshape(shape)
             v = v + self.v_bias[...].astype(self.dtype).reshape(shape)
-        q, k, v = (sharding.constrain(a, _HEAD_AXES) for a in (q, k, v))
+        q, k, v = (sharding.constrain(a, sharding.HEADS) for a in (q, k, v))
         out = attention.dot_product_attention(
             q, k, v, None, scale=self.head_dim**-0.5, dtype=self.dtype
         )
-        return self.proj(out.reshape(b, t, -1))
+        return self.proj(einops.rearrange(out, "b t h d -> b t (h d)"))
 
 
 class ViTMLP(nnx.Module):
@@ -301,7 +240,7 @@ class ViTMLP(nnx.Module):
         """float[B, T, D] -> float[B, T, D]."""
         h = sharding.constrain(
             activation(self.act_name)(self.fc1(x)),
-            ("activation_batch", "activation_length", "activation_mlp"),
+            sharding.MLP,
         )
         return self.fc2(h)
 
@@ -320,14 +259,14 @@ class ViTBlock(nnx.Module):
         """float[B, T, D] -> float[B, T, D]."""
         x = x + self.attn(self.norm1(x))
         x = x + self.mlp(self.norm2(x))
-        return sharding.constrain(x, _ACT_AXES)
+        return sharding.constrain(x, sharding.HIDDEN)
 
 
 class VisionTransformer(nnx.Module):
     """Image encoder: patches + CLS + absolute positions -> pre-LN blocks (no final norm)."""
 
     def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.config = cfg
         d = cfg.hidden_size
         pdt = jnp.dtype(cfg.param_dtype)
         self.dtype = jnp.dtype(cfg.dtype)
@@ -351,7 +290,7 @@ class VisionTransformer(nnx.Module):
 
         Other resolutions than ``cfg.image_size`` get bicubically resized position embeddings.
         """
-        cfg = self.cfg
+        cfg = self.config
         if pixel_values.ndim != 4 or pixel_values.shape[-1] != cfg.num_channels:
             raise ValueError(
                 f"pixel_values must be NHWC float[B, H, W, {cfg.num_channels}], "
@@ -371,7 +310,7 @@ class VisionTransformer(nnx.Module):
         x = x + pos.astype(self.dtype)
         if self.ln_pre is not None:
             x = self.ln_pre(x)
-        x = sharding.constrain(x, _ACT_AXES)
+        x = sharding.constrain(x, sharding.HIDDEN)
 
         def body(block: ViTBlock, carry: jax.Array, _: None) -> tuple[jax.Array, None]:
             return block(carry), None
@@ -382,90 +321,8 @@ class VisionTransformer(nnx.Module):
         return x
 
 
-# ---- Hugging Face weights ----------------------------------------------------------------------
-
-
-def hf_weight_map(cfg: VisionConfig) -> list[WeightRule]:
-    """Rules from ``transformers.Blip2VisionModel`` state-dict keys to our parameters.
-
-    ``post_layernorm.*`` is not mapped: it is BLIP-2's ``ln_vision``, owned by the VL model.
-    """
-    if cfg.pre_layernorm:
-        raise ValueError(
-            "VisionConfig.pre_layernorm=True has no counterpart in Blip2VisionModel; "
-            "a Blip2VisionModel checkpoint needs pre_layernorm=False"
-        )
-    n, scan = cfg.num_layers, cfg.scan_layers
-    rules = [
-        WeightRule("cls_token", "embeddings.class_embedding"),
-        WeightRule("pos_embed", "embeddings.position_embedding"),
-        WeightRule("patch_embed.kernel", "embeddings.patch_embedding.weight", "conv"),
-        WeightRule("patch_embed.bias", "embeddings.patch_embedding.bias"),
-    ]
-    hf = "encoder.layers.{i}."
-    rules += layer_rules(
-        [
-            ("layers.{i}.norm1.scale", hf + "layer_norm1.weight", "copy"),
-            ("layers.{i}.norm1.bias", hf + "layer_norm1.bias", "copy"),
-            ("layers.{i}.attn.qkv.kernel", hf + "self_attn.qkv.weight", "linear"),
-            ("layers.{i}.attn.proj.kernel", hf + "self_attn.projection.weight", "linear"),
-            ("layers.{i}.attn.proj.bias", hf + "self_attn.projection.bias", "copy"),
-            ("layers.{i}.norm2.scale", hf + "layer_norm2.weight", "copy"),
-            ("layers.{i}.norm2.bias", hf + "layer_norm2.bias", "copy"),
-            ("layers.{i}.mlp.fc1.kernel", hf + "mlp.fc1.weight", "linear"),
-            ("layers.{i}.mlp.fc1.bias", hf + "mlp.fc1.bias", "copy"),
-            ("layers.{i}.mlp.fc2.kernel", hf + "mlp.fc2.weight", "linear"),
-            ("layers.{i}.mlp.fc2.bias", hf + "mlp.fc2.bias", "copy"),
-        ],
-        n,
-        scan,
-    )
-    if cfg.qkv_bias:
-        # qkv.bias = cat(q_bias, k_bias == 0, v_bias): take chunks 0 and 2 of 3.
-        for name, chunk in (("q_bias", 0), ("v_bias", 2)):
-            rules.append(
-                WeightRule(
-                    f"layers.{{i}}.attn.{name}",
-                    hf + "self_attn.qkv.bias",
-                    "chunk",
-                    num_layers=n,
-                    stacked=scan,
-                    chunk=chunk,
-                    num_chunks=3,
-                )  # fmt: skip
-            )
-    return rules
-
-
-def check_hf_k_bias_zero(state_dict: Mapping[str, Any], prefix: str = "") -> None:
-    """Raises ValueError naming the key when a layer's k part of ``qkv.bias`` is not all zeros.
-
-    Our attention has no k bias, so a checkpoint with one cannot be represented exactly by it.
-    (A k bias only shifts each query's scores by a constant, which softmax ignores; a converter
-    may still drop it knowingly.)
-    """
-    suffix = ".self_attn.qkv.bias"
-    # Iterate names first and read only the matching tensors (checkpoints may load lazily).
-    for key in list(state_dict.keys()):
-        if not (key.startswith(prefix + "encoder.layers.") and key.endswith(suffix)):
-            continue
-        value = state_dict[key]
-        t = value.detach().float().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-        if t.ndim != 1 or t.shape[0] % 3:
-            raise ValueError(f"{key}: expected a 1-D [3 * hidden] qkv bias, got shape {t.shape}")
-        d = t.shape[0] // 3
-        k_bias = t[d : 2 * d]
-        if np.any(k_bias != 0):
-            raise ValueError(
-                f"{key}: the k-bias chunk (elements {d}:{2 * d}) must be all zeros, "
-                f"max |k_bias| = {float(np.max(np.abs(k_bias))):.3g}"
-            )
-
-
 __all__ = [
     "VisionConfig",
     "VisionTransformer",
     "resize_pos_embed",
-    "hf_weight_map",
-    "check_hf_k_bias_zero",
 ]

@@ -14,22 +14,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vpgtrans_jax import layers, sharding
-from vpgtrans_jax.kv_cache import KVCache
-from vpgtrans_jax.models.llama import LlamaConfig, LlamaForCausalLM
-from vpgtrans_jax.models.opt import OPTConfig, OPTForCausalLM
+from vpgtrans_jax import sharding
+from vpgtrans_jax.models import registry
+from vpgtrans_jax.models.configs import from_json_fields
 from vpgtrans_jax.models.qformer import QFormer, QFormerConfig
+from vpgtrans_jax.models.registry import LLMConfig
 from vpgtrans_jax.models.vit import VisionConfig, VisionTransformer
-
-LLMConfig = OPTConfig | LlamaConfig
+from vpgtrans_jax.nn import layers
+from vpgtrans_jax.nn.kv_cache import KVCache
 
 IGNORE_INDEX = -100
-
-_LLM_TYPES: dict[str, type] = {"opt": OPTConfig, "llama": LlamaConfig}
-
-
-def llm_type_of(cfg: LLMConfig) -> str:
-    return "opt" if isinstance(cfg, OPTConfig) else "llama"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +45,8 @@ class VLConfig:
 
     @property
     def llm_type(self) -> str:
-        return llm_type_of(self.llm)
+        """The LLM's family name (``models.registry``)."""
+        return registry.family_of(self.llm).name
 
     def replace(self, **kw: Any) -> VLConfig:
         return dataclasses.replace(self, **kw)
@@ -69,57 +64,13 @@ class VLConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VLConfig:
-        llm_type = d.get("llm_type")
-        if llm_type not in _LLM_TYPES:
-            raise ValueError(f"llm_type must be one of {sorted(_LLM_TYPES)}, got {llm_type!r}")
-        llm_cls = _LLM_TYPES[llm_type]
+        llm_cls = registry.family(d.get("llm_type")).config_cls
         return cls(
-            vision=_dataclass_from_dict(VisionConfig, d["vision"], "vision"),
-            qformer=_dataclass_from_dict(QFormerConfig, d["qformer"], "qformer"),
-            llm=_dataclass_from_dict(llm_cls, d["llm"], "llm"),
+            vision=from_json_fields(VisionConfig, d["vision"], "vision"),
+            qformer=from_json_fields(QFormerConfig, d["qformer"], "qformer"),
+            llm=from_json_fields(llm_cls, d["llm"], "llm"),
             num_query_tokens=int(d.get("num_query_tokens", 32)),
             ln_vision_eps=float(d.get("ln_vision_eps", 1e-5)),
-        )
-
-    @classmethod
-    def from_hf(
-        cls,
-        hf: dict[str, Any],
-        *,
-        vision: dict[str, Any] | None = None,
-        qformer: dict[str, Any] | None = None,
-        llm: dict[str, Any] | None = None,
-        **all_towers: Any,
-    ) -> VLConfig:
-        """From a HF ``Blip2Config`` dict (``config.json``) with a decoder-only text model.
-
-        ``all_towers`` (e.g. ``dtype="bfloat16"``, ``scan_layers=True``) apply to every tower;
-        ``vision`` / ``qformer`` / ``llm`` dicts apply to one tower and win over ``all_towers``.
-        """
-        if hf.get("model_type") not in ("blip-2", "blip_2"):
-            raise ValueError(
-                f"expected a BLIP-2 config (model_type 'blip-2'), got {hf.get('model_type')!r}"
-            )
-        per = {"vision": vision or {}, "qformer": qformer or {}, "llm": llm or {}}
-        kw = {name: {**all_towers, **over} for name, over in per.items()}
-        text = hf.get("text_config") or {}
-        text_type = text.get("model_type", "opt")
-        if text_type == "opt":
-            llm_cfg: LLMConfig = OPTConfig.from_hf(text, **kw["llm"])
-        elif text_type in ("llama", "mistral", "qwen2"):
-            llm_cfg = LlamaConfig.from_hf(text, **kw["llm"])
-        else:
-            raise ValueError(
-                f"text_config.model_type {text_type!r} is not supported; this project runs "
-                "decoder-only LLMs (opt, llama/vicuna, mistral, qwen2)"
-            )
-        vision_cfg = VisionConfig.from_hf(hf.get("vision_config") or {}, **kw["vision"])
-        return cls(
-            vision=vision_cfg,
-            qformer=QFormerConfig.from_hf(hf.get("qformer_config") or {}, **kw["qformer"]),
-            llm=llm_cfg,
-            num_query_tokens=int(hf.get("num_query_tokens", 32)),
-            ln_vision_eps=vision_cfg.layer_norm_eps,
         )
 
     def with_knobs(
@@ -136,24 +87,6 @@ class VLConfig:
             qformer=dataclasses.replace(self.qformer, **(qformer or {})),
             llm=dataclasses.replace(self.llm, **(llm or {})),
         )
-
-
-def _dataclass_from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")
-    kw = {
-        k: (
-            tuple(map(tuple, v))
-            if isinstance(v, list) and v and isinstance(v[0], list)
-            else tuple(v)
-            if isinstance(v, list)
-            else v
-        )
-        for k, v in d.items()
-    }
-    return cls(**kw)
 
 
 class VLModel(nnx.Module):
@@ -192,8 +125,7 @@ class VLModel(nnx.Module):
             param_dtype=vpg_param_dtype,
             rngs=rngs,
         )
-        llm_cls = OPTForCausalLM if isinstance(cfg.llm, OPTConfig) else LlamaForCausalLM
-        self.llm = llm_cls(cfg.llm, rngs=rngs)
+        self.llm = registry.family_of(cfg.llm).model_cls(cfg.llm, rngs=rngs)
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -211,9 +143,7 @@ class VLModel(nnx.Module):
         ).astype(jnp.dtype(self.config.qformer.dtype))
         q = self.qformer(queries, feats)
         prompt = self.projector(q)
-        prompt = sharding.constrain(
-            prompt, ("activation_batch", "activation_length", "activation_embed")
-        )
+        prompt = sharding.constrain(prompt, sharding.HIDDEN)
         return prompt.astype(jnp.dtype(self.config.llm.dtype))
 
     def prepend_prompt(
@@ -314,7 +244,7 @@ class VLModel(nnx.Module):
         q = self.config.num_query_tokens
         return self.llm.logits(hidden[:, q:])
 
-    # -- incremental decoding (see vpgtrans_jax.generation) -------------------------------------
+    # -- incremental decoding (driven by vpgtrans_jax.generation) ------------------------------
 
     def prefill(
         self,
@@ -367,19 +297,6 @@ class VLModel(nnx.Module):
         )
         return self.llm.logits(hidden)[:, 0].astype(jnp.float32), cache
 
-    def generate(
-        self,
-        pixel_values: jax.Array,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        **kwargs: Any,
-    ) -> jax.Array:
-        """New token ids int32[B * num_return_sequences, max_new_tokens]; see
-        ``vpgtrans_jax.generation.generate`` for the keyword arguments."""
-        from vpgtrans_jax.generation import generate
-
-        return generate(self, pixel_values, input_ids, attention_mask, **kwargs)
-
     def loss(
         self,
         pixel_values: jax.Array,
@@ -422,9 +339,7 @@ class VLModel(nnx.Module):
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean cross-entropy of float[B, T, V] logits vs int[B, T] labels (-100 ignored), in fp32."""
-    logits = sharding.constrain(
-        logits, ("activation_batch", "activation_length", "activation_vocab")
-    )
+    logits = sharding.constrain(logits, sharding.LOGITS)
     valid = labels != IGNORE_INDEX
     safe = jnp.where(valid, labels, 0)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

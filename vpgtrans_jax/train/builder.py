@@ -1,4 +1,4 @@
-"""Builds the model, data iterator and optimiser that a training config describes."""
+"""Builds the model a training config describes and places it on the mesh."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from vpgtrans_jax import sharding
-from vpgtrans_jax.models.llama import LlamaConfig
-from vpgtrans_jax.models.opt import OPTConfig
+from vpgtrans_jax.checkpoint import model_dir
+from vpgtrans_jax.checkpoint.fill import fill_abstract
+from vpgtrans_jax.checkpoint.load import load
+from vpgtrans_jax.models import registry
+from vpgtrans_jax.models.parts import VPG_PARTS
 from vpgtrans_jax.models.qformer import QFormerConfig
 from vpgtrans_jax.models.vit import VisionConfig
 from vpgtrans_jax.models.vl_model import VLConfig, VLModel
@@ -37,7 +41,7 @@ def rules_of(c: ml_collections.ConfigDict) -> sharding.Rules:
 def random_model_config(c: ml_collections.ConfigDict) -> VLConfig:
     """``VLConfig`` from ``config.model.arch`` + the per-tower knobs (``model.init='random'``)."""
     arch = c.model.arch
-    llm_cls = OPTConfig if c.model.llm_type == "opt" else LlamaConfig
+    llm_cls = registry.family(c.model.llm_type).config_cls
 
     def make(cls, fields, tower):
         try:
@@ -54,33 +58,63 @@ def random_model_config(c: ml_collections.ConfigDict) -> VLConfig:
     )
 
 
-def build_model(
-    c: ml_collections.ConfigDict, mesh: Mesh, tokenizer_dir: str | None = None
-) -> tuple[VLModel, dict[str, Any]]:
+def _replace_part(model: VLModel, name: str, flat: dict[str, np.ndarray], where: str,
+                  mesh: Mesh, rules: sharding.Rules) -> None:  # fmt: skip
+    """Sets part ``name`` of ``model`` (in place) from ``{"<name>.<path>": array}``."""
+    current = getattr(model, name)
+    if isinstance(current, nnx.Variable):  # query_tokens is a bare Param
+        value = np.asarray(flat[name])
+        if value.shape != current.get_value().shape:
+            raise ValueError(
+                f"{where}: {name} has shape {value.shape}, the model expects "
+                f"{current.get_value().shape}"
+            )
+        sh = sharding.state_shardings({name: current}, mesh, rules)[name]
+        current.set_value(jax.device_put(value.astype(current.get_value().dtype), sh.get_value()))
+        return
+    prefix = name + "."
+    own = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+    shardings = sharding.state_shardings(nnx.state(current), mesh, rules)
+    filled = fill_abstract(current, own, source=f"{where}:{name}", shardings=shardings)
+    nnx.update(current, nnx.state(filled))
+
+
+def apply_vpg_init(model: VLModel, path: str, mesh: Mesh, rules: sharding.Rules) -> list[str]:
+    """Replaces the VPG parts (ln_vision, query tokens, Q-Former, projector) of ``model`` with
+    those of checkpoint ``path`` (in place); returns their names.
+
+    ``path`` is anything holding a VL model: a stage's ``<workdir>/export``, a projector merge
+    (``scripts/merge_projector.py``), a HF BLIP-2 directory. Shapes must match the model exactly
+    (a projector exported for another LLM width is an error); a Q-Former stored in the other
+    layer layout (scanned vs not) is converted.
+    """
+    q_layout = {"scan_layers": model.config.qformer.scan_layers}
+    _, flat = model_dir.read_parts(path, VPG_PARTS, qformer=q_layout)
+    for name in VPG_PARTS:
+        _replace_part(model, name, flat, path, mesh, rules)
+    return list(VPG_PARTS)
+
+
+def apply_llm_init(model: VLModel, path: str, mesh: Mesh, rules: sharding.Rules) -> None:
+    """Replaces ``model.llm`` (in place) with the LLM of checkpoint ``path`` in the model's
+    layout and dtypes."""
+    _, flat = model_dir.read_parts(path, ["llm"], llm={"scan_layers": model.config.llm.scan_layers})
+    _replace_part(model, "llm", flat, path, mesh, rules)
+
+
+def build_model(c: ml_collections.ConfigDict, mesh: Mesh) -> tuple[VLModel, dict[str, Any]]:
     """The model placed on ``mesh``, and a JSON description of where its weights came from."""
     rules = rules_of(c)
     if c.model.init == "random":
         cfg = random_model_config(c)
         model = VLModel(cfg, rngs=nnx.Rngs(params=jax.random.key(c.seed)))
         source = {"init": "random", "seed": c.seed, "config": cfg.to_dict()}
-        if c.model.tiny_llm_steps > 0:
-            from vpgtrans_jax.train.data_setup import ensure_synthetic
-            from vpgtrans_jax.train.tiny_lm import ensure_pretrained_tiny_llm
-
-            synthetic = ensure_synthetic(c)
-            if synthetic is None or tokenizer_dir is None:
-                raise ValueError(
-                    "config.model.tiny_llm_steps needs config.data.synthetic_dir (its captions "
-                    "and tokenizer pretrain the tiny LLM)"
-                )
-            source["llm"] = ensure_pretrained_tiny_llm(
-                model, synthetic, tokenizer_dir, steps=c.model.tiny_llm_steps, seed=c.seed
-            )
         sharding.shard_model(model, mesh, rules)
+        if c.model.llm_init:
+            apply_llm_init(model, c.model.llm_init, mesh, rules)
+            source["llm"] = os.path.abspath(c.model.llm_init)
     else:
-        import vpgtrans_jax
-
-        model = vpgtrans_jax.load(
+        model = load(
             c.model.path,
             mesh=mesh,
             rules=rules,
@@ -90,8 +124,6 @@ def build_model(
         )
         source = {"init": "pretrained", "path": os.path.abspath(c.model.path)}
     if c.model.vpg_init:
-        from vpgtrans_jax.train.export import apply_vpg_init
-
         replaced = apply_vpg_init(model, c.model.vpg_init, mesh, rules)
         source["vpg_init"] = {"path": os.path.abspath(c.model.vpg_init), "modules": replaced}
         log.info("initialised %s from %s", ", ".join(replaced), c.model.vpg_init)

@@ -11,14 +11,17 @@ import dataclasses
 
 import ml_collections
 
+from vpgtrans_jax.models import registry
 from vpgtrans_jax.models.opt import OPTConfig
+from vpgtrans_jax.models.parts import PARTS, RUNTIME_FIELDS
 from vpgtrans_jax.models.qformer import QFormerConfig
 from vpgtrans_jax.models.vit import VisionConfig
-from vpgtrans_jax.train.optim import TRAINABLE_CHOICES
 
-KNOBS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+KNOBS = RUNTIME_FIELDS
 STAGES = ("warmup", "finetune", "instruct")
 REQUIRED = "<required>"  # placeholder for paths a real-size config must be given
+# Stands for data.synthetic_dir in tiny configs' paths; vpgtrans_jax.tiny.prepare resolves it.
+SYNTHETIC_PLACEHOLDER = "{synthetic_dir}"
 
 
 def arch_dict(cls: type, **overrides) -> ml_collections.ConfigDict:
@@ -62,9 +65,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Optional: the trainable VPG side (ln_vision / query_tokens / qformer / projector) from a
     # previous stage's export or scripts/merge_projector.py output; overrides what `path` gave.
     c.model.vpg_init = ""
-    c.model.llm_type = "opt"  # for init="random"
-    # init="random" only: pretrain the tiny LLM as a causal LM on the synthetic captions for this
-    # many steps (cached) so that the frozen LLM is a language model, as in real runs.
+    c.model.llm_type = "opt"  # for init="random": a family of vpgtrans_jax.models.registry
+    # init="random" only: the LLM tower from this checkpoint instead (a model directory holding an
+    # LLM, a HF LLM or a HF BLIP-2 directory); the rest stays randomly initialised.
+    c.model.llm_init = ""
+    # init="random" tiny configs: vpgtrans_jax.tiny.prepare pretrains the tiny LLM as a causal LM
+    # on the synthetic captions for this many steps (cached) and sets llm_init to it, so that the
+    # frozen LLM is a language model, as in real runs.
     c.model.tiny_llm_steps = 0
     c.model.arch = ml_collections.ConfigDict(
         dict(
@@ -155,8 +162,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
             "is required with model.init='pretrained' (a HF BLIP-2 or vpgtrans-jax "
             "model directory); pass --config.model.path=DIR",
         )
-    if c.model.llm_type not in ("opt", "llama"):
-        bad("model.llm_type", f"must be 'opt' or 'llama', got {c.model.llm_type!r}")
+    if c.model.llm_type not in registry.FAMILIES:
+        bad(
+            "model.llm_type",
+            f"must be one of {sorted(registry.FAMILIES)}, got {c.model.llm_type!r}",
+        )
     if c.data.tokenizer in ("", REQUIRED) and not c.data.synthetic_dir:
         bad("data.tokenizer", "is required: a local Hugging Face tokenizer directory of the LLM")
     if not c.data.sources and not c.data.synthetic_dir:
@@ -168,9 +178,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         for arg, value in src["args"].items():
             if value == REQUIRED:
                 bad(f"data.sources.{name}.args.{arg}", "is required (a path on disk)")
-    unknown = sorted(set(c.trainable) - set(TRAINABLE_CHOICES))
+    unknown = sorted(set(c.trainable) - set(PARTS))
     if unknown or not c.trainable:
-        bad("trainable", f"must be a non-empty subset of {TRAINABLE_CHOICES}, got {c.trainable}")
+        bad("trainable", f"must be a non-empty subset of {PARTS}, got {c.trainable}")
     if c.batch_size < 1 or c.accum_steps < 1 or c.batch_size % c.accum_steps:
         bad(
             "batch_size",
@@ -187,3 +197,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
         for dt in ("dtype", "param_dtype"):
             if knobs[dt] not in ("float32", "bfloat16", "float16"):
                 bad(f"model.{tower}.{dt}", f"must be float32/bfloat16/float16, got {knobs[dt]!r}")
+    if c.model.init == "random" and c.model.tiny_llm_steps > 0 and not c.model.llm_init:
+        bad(
+            "model.tiny_llm_steps",
+            "needs the tiny LLM pretrained first: call vpgtrans_jax.tiny.prepare(config) before "
+            "train() (scripts/train.py does)",
+        )
+    unresolved = [
+        key
+        for key, value in [("data.tokenizer", c.data.tokenizer)]
+        + [
+            (f"data.sources.{name}.args.{arg}", v)
+            for name, src in c.data.sources.items()
+            for arg, v in src["args"].items()
+        ]
+        if SYNTHETIC_PLACEHOLDER in str(value)
+    ]
+    if unresolved:
+        bad(
+            unresolved[0],
+            f"refers to {SYNTHETIC_PLACEHOLDER}: call vpgtrans_jax.tiny.prepare(config) before "
+            "train() (scripts/train.py does)",
+        )

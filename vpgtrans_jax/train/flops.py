@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from vpgtrans_jax.models.opt import OPTConfig
 from vpgtrans_jax.models.vl_model import VLConfig
 
 
@@ -69,27 +68,9 @@ def qformer_forward(cfg: VLConfig, batch: int) -> tuple[Flops, Flops]:
 
 
 def llm_forward(cfg: VLConfig, batch: int, seq: int, logit_positions: int) -> Flops:
-    m = cfg.llm
-    s = seq
-    if isinstance(m, OPTConfig):
-        d = m.hidden_size
-        lin = m.num_layers * (4 * 2 * s * d * d + 2 * 2 * s * d * m.ffn_dim)
-        attn = m.num_layers * 2 * 2 * s * s * d
-        e = m.input_embed_dim
-        if e != d:  # project_in / project_out
-            lin += 2 * 2 * s * e * d
-        head = 2 * logit_positions * e * m.vocab_size
-    else:
-        d, hd = m.hidden_size, m.head_dim or m.hidden_size // m.num_heads
-        kvh = m.num_kv_heads or m.num_heads
-        lin = m.num_layers * (
-            2 * 2 * s * d * m.num_heads * hd
-            + 2 * 2 * s * d * kvh * hd
-            + 3 * 2 * s * d * m.intermediate_size
-        )
-        attn = m.num_layers * 2 * 2 * s * s * m.num_heads * hd
-        head = 2 * logit_positions * d * m.vocab_size
-    return Flops(batch * (lin + head), batch * attn)
+    """The LLM's forward matmuls (its family's ``matmul_flops``) for ``batch`` sequences."""
+    linear, attention = cfg.llm.matmul_flops(seq, logit_positions)
+    return Flops(batch * linear, batch * attention)
 
 
 def _cost(fwd: Flops, trained: bool, grad_in: bool) -> Flops:

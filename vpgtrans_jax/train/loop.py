@@ -12,12 +12,17 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
 
 from vpgtrans_jax import sharding
+from vpgtrans_jax.data.pipeline import make_global_batch
+from vpgtrans_jax.errors import TrainingError
 from vpgtrans_jax.train import checkpointing, optim
 from vpgtrans_jax.train.builder import build_model, rules_of
 from vpgtrans_jax.train.config_base import validate
 from vpgtrans_jax.train.data_setup import build_sources, build_train_iterator
+from vpgtrans_jax.train.export import export_model_dir
 from vpgtrans_jax.train.metrics_writer import MetricsLogger
 from vpgtrans_jax.train.step import BATCH_KEYS, TrainState, jit_train_step, make_train_step
 
@@ -36,10 +41,6 @@ PEAK_FLOPS = {
     "NVIDIA H100": 989e12,
     "NVIDIA A100": 312e12,
 }
-
-
-class TrainingError(RuntimeError):
-    """Training cannot continue (e.g. too many consecutive non-finite steps)."""
 
 
 def peak_flops(device: jax.Device) -> float | None:
@@ -126,7 +127,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
         c, tokenizer_dir, sources, per_host_batch, jax.process_index(), n_proc
     )
 
-    model, model_source = build_model(c, mesh, tokenizer_dir)
+    model, model_source = build_model(c, mesh)
     graphdef, params, frozen = optim.split_trainable(model, tuple(c.trainable))
     del model
     schedule = optim.make_schedule(
@@ -178,14 +179,10 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     }
     log.info("params: %s; %d steps of global batch %d", n_params, steps, c.batch_size)
 
-    from vpgtrans_jax.data.pipeline import make_global_batch
-
     flops_per_step: float | None = None
     peak = peak_flops(jax.devices()[0])
     bar = None
     if progress and is_main:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=steps, initial=start_step, desc=f"{c.stage}", dynamic_ncols=True)
 
     step = start_step
@@ -242,10 +239,6 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
         bar.close()
     export_dir = None
     if stopped_by is None and c.export_final and is_main:
-        from flax import nnx
-
-        from vpgtrans_jax.train.export import export_model_dir
-
         export_dir = export_model_dir(
             nnx.merge(graphdef, state.params, frozen),
             os.path.join(workdir, "export"),

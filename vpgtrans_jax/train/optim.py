@@ -15,15 +15,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-# Names of the top-level VLModel children that a stage may train.
-TRAINABLE_CHOICES = ("vision", "ln_vision", "query_tokens", "qformer", "projector", "llm")
+from vpgtrans_jax.models.parts import PARTS
 
 
 def trainable_filter(names: Sequence[str]):
     """nnx filter: Params whose path starts with one of ``names`` (top-level module names)."""
-    unknown = sorted(set(names) - set(TRAINABLE_CHOICES))
+    unknown = sorted(set(names) - set(PARTS))
     if unknown:
-        raise ValueError(f"unknown trainable module(s) {unknown}; choose from {TRAINABLE_CHOICES}")
+        raise ValueError(f"unknown trainable module(s) {unknown}; choose from {PARTS}")
     if not names:
         raise ValueError("at least one module must be trainable")
     wanted = tuple(names)
@@ -126,7 +125,7 @@ def make_optimizer(
     the learning rate, so scaling a module's final update is the same as scaling its LR.
     """
     multipliers = dict(lr_multipliers or {})
-    unknown = sorted(set(multipliers) - set(TRAINABLE_CHOICES))
+    unknown = sorted(set(multipliers) - set(PARTS))
     if unknown:
         raise ValueError(f"lr_multipliers has unknown module(s) {unknown}")
     parts = []

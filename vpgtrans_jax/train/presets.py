@@ -6,13 +6,20 @@ import ml_collections
 
 from vpgtrans_jax.models.llama import LlamaConfig
 from vpgtrans_jax.models.opt import OPTConfig
+from vpgtrans_jax.models.parts import VPG_PARTS
 from vpgtrans_jax.models.qformer import QFormerConfig
 from vpgtrans_jax.models.vit import VisionConfig
-from vpgtrans_jax.train.config_base import REQUIRED, arch_dict, tower_knobs
-from vpgtrans_jax.train.data_setup import SYNTHETIC_PLACEHOLDER
+from vpgtrans_jax.train.config_base import REQUIRED, SYNTHETIC_PLACEHOLDER, arch_dict, tower_knobs
 
 TINY_SYNTHETIC_DIR = "~/.cache/vpgtrans-jax/synthetic-v1-512-64px"
-VPG_MODULES = ("ln_vision", "query_tokens", "qformer", "projector")
+# The tiny LLM of each family (a family without an entry has no offline tiny runs).
+TINY_LLM = {
+    "opt": (OPTConfig, dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
+                            ffn_dim=128, max_position_embeddings=128, word_embed_proj_dim=64)),
+    "llama": (LlamaConfig, dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
+                                num_kv_heads=2, intermediate_size=128,
+                                max_position_embeddings=128)),
+}  # fmt: skip
 
 
 def source(kind: str, weight: float, **args) -> ml_collections.ConfigDict:
@@ -47,28 +54,8 @@ def tiny(c: ml_collections.ConfigDict, llm_type: str = "opt") -> ml_collections.
         encoder_hidden_size=64,
         cross_attention_frequency=2,
     )
-    if llm_type == "opt":
-        c.model.arch.llm = arch_dict(
-            OPTConfig,
-            vocab_size=512,
-            hidden_size=64,
-            num_layers=2,
-            num_heads=4,
-            ffn_dim=128,
-            max_position_embeddings=128,
-            word_embed_proj_dim=64,
-        )
-    else:
-        c.model.arch.llm = arch_dict(
-            LlamaConfig,
-            vocab_size=512,
-            hidden_size=64,
-            num_layers=2,
-            num_heads=4,
-            num_kv_heads=2,
-            intermediate_size=128,
-            max_position_embeddings=128,
-        )
+    llm_cls, llm_fields = TINY_LLM[llm_type]
+    c.model.arch.llm = arch_dict(llm_cls, **llm_fields)
     c.model.arch.num_query_tokens = 8
     c.model.tiny_llm_steps = 300
     for tower in ("vision", "qformer", "llm"):
@@ -164,7 +151,7 @@ def warmup_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def finetune_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Stage 2: VPG (Q-Former, query tokens, ln_vision) + projector; warm-up then cosine."""
     c.stage = "finetune"
-    c.trainable = VPG_MODULES
+    c.trainable = VPG_PARTS
     c.optim.schedule = "warmup_cosine"
     c.optim.init_lr = 1e-4
     c.optim.min_lr = 5e-5
@@ -179,7 +166,7 @@ INSTRUCT_PROMPT = "###Human: <Img><ImageHere></Img> Describe this image in detai
 def instruct_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Stage 3 (chat models): MiniGPT-4-style instruction tuning, 800 iterations of batch 120."""
     c.stage = "instruct"
-    c.trainable = VPG_MODULES
+    c.trainable = VPG_PARTS
     c.optim.schedule = "warmup_cosine"
     c.optim.init_lr = 1e-5
     c.optim.min_lr = 1e-6

@@ -149,15 +149,6 @@ def make_train_step(
     return step
 
 
-def state_shardings(tree: Any, mesh: Mesh, rules: sharding.Rules) -> Any:
-    """Shardings for any pytree whose leaves may be ``nnx.Variable`` with ``axes`` metadata.
-
-    Optimiser moments are built with ``tree_map`` over the params and keep their Variables, so they
-    inherit the params' logical axes; scalars (counts, steps) are replicated.
-    """
-    return sharding.state_shardings(tree, mesh, rules)
-
-
 def jit_train_step(
     step_fn: Callable,
     mesh: Mesh,

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from vpgtrans_jax.data.processors import blip_caption
+
 ALIGN_MODES = ("same_length", "shared_tokens")
 
 # Word-start markers: SentencePiece's "▁" (U+2581) and byte-level BPE's "Ġ" (U+0120, a space byte).
@@ -36,8 +38,6 @@ def read_captions(paths: Sequence[str], *, process: bool = True) -> list[str]:
     strings). ``process`` applies LAVIS's ``blip_caption`` (lowercase, punctuation → space, at most
     50 words): the text the VL model is trained on. Empty captions are dropped.
     """
-    from vpgtrans_jax.data.processors import blip_caption
-
     out: list[str] = []
     for path in paths:
         for cap in _iter_file(path):

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from flax import traverse_util
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,18 +50,6 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (dict values only; lists stay leaves)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def apply_overrides(
     cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any], *, what: str
 ) -> ml_collections.ConfigDict:
@@ -68,7 +57,8 @@ def apply_overrides(
 
     New entries are allowed only inside ``data.sources`` (a free-form name → source map).
     """
-    for key, value in flatten(to_plain(overrides)).items():
+    # Dict values are nested fields (an empty one sets nothing); lists stay values.
+    for key, value in traverse_util.flatten_dict(to_plain(overrides), sep=".").items():
         node = cfg
         *parents, last = key.split(".")
         for i, p in enumerate(parents):

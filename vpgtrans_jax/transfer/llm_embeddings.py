@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from vpgtrans_jax.checkpoint_io import CheckpointError, ShardedCheckpoint, read_json
-from vpgtrans_jax.models.llama import LlamaConfig
-from vpgtrans_jax.models.opt import OPTConfig
-
-_LLAMA_TYPES = ("llama", "mistral", "qwen2")
+from vpgtrans_jax.checkpoint.hf import blip2, llms
+from vpgtrans_jax.checkpoint.sources import open_hf_weights, read_json
+from vpgtrans_jax.data import text
+from vpgtrans_jax.errors import CheckpointError
+from vpgtrans_jax.models import registry
+from vpgtrans_jax.models.registry import LLMConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,15 +36,15 @@ class LLMEmbeddings:
 
     Attributes:
       path: the directory read.
-      llm_type: ``"opt"`` or ``"llama"``.
-      config: our ``OPTConfig`` / ``LlamaConfig`` built from the directory's config.
+      llm_type: the LLM's family name (``models.registry``).
+      config: our config of that family, built from the directory's config.
       table: float32[V, E] ``embed_tokens`` rows (prompt space, E = ``config.input_embed_dim``).
       project_in: float32[E, D] kernel of OPT's ``project_in`` (our [in, out] layout) or None.
     """
 
     path: str
     llm_type: str
-    config: OPTConfig | LlamaConfig
+    config: LLMConfig
     table: np.ndarray
     project_in: np.ndarray | None
 
@@ -71,27 +72,14 @@ class LLMEmbeddings:
         return rows if self.project_in is None else rows @ self.project_in
 
 
-def llm_config_of(
-    hf_config: dict[str, Any], where: str
-) -> tuple[str, OPTConfig | LlamaConfig, str]:
-    """(llm_type, our config, tensor key prefix) for an LLM or BLIP-2 ``config.json`` dict."""
-    model_type = hf_config.get("model_type")
+def llm_config_of(hf_config: Any, where: str) -> tuple[str, LLMConfig, str]:
+    """(family name, our config, tensor key prefix) for an LLM or BLIP-2 ``config.json`` dict."""
     prefix = ""
-    if model_type in ("blip-2", "blip_2"):
-        hf_config = hf_config.get("text_config") or {}
-        model_type = hf_config.get("model_type", "opt")
+    if blip2.is_blip2(hf_config):
+        hf_config = {"model_type": "opt", **(hf_config.get("text_config") or {})}
         prefix = "language_model."
-    try:
-        if model_type == "opt":
-            return "opt", OPTConfig.from_hf(hf_config), prefix
-        if model_type in _LLAMA_TYPES:
-            return "llama", LlamaConfig.from_hf(hf_config), prefix
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: {e}") from e
-    raise CheckpointError(
-        f"{where}: model_type {model_type!r} is not supported for word embeddings; expected "
-        f"'opt', one of {list(_LLAMA_TYPES)}, or a BLIP-2 directory with such a text model"
-    )
+    cfg = llms.config_from_hf(hf_config, where)
+    return registry.family_of(cfg).name, cfg, prefix
 
 
 def _find_one(keys: list[str], suffix: str, prefix: str, where: str) -> str | None:
@@ -106,29 +94,29 @@ def _find_one(keys: list[str], suffix: str, prefix: str, where: str) -> str | No
 def read_input_embeddings(path: str) -> LLMEmbeddings:
     """Reads ``embed_tokens`` (and OPT's ``project_in``) from a HF LLM or BLIP-2 directory.
 
-    Only these tensors are read from disk (safetensors are memory-mapped), so a 7B checkpoint
-    costs one vocabulary-sized table of memory.
+    Only these tensors are read from disk, so a 7B checkpoint costs one vocabulary-sized table of
+    memory.
     """
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory (expected a Hugging Face LLM directory)")
     config_path = os.path.join(path, "config.json")
     llm_type, cfg, prefix = llm_config_of(read_json(config_path), config_path)
-    ckpt = ShardedCheckpoint(path)
-    keys = list(ckpt)
+    ckpt = open_hf_weights(path)
+    keys = ckpt.keys()
     emb_key = _find_one(keys, "embed_tokens.weight", prefix, path)
     if emb_key is None:
         raise CheckpointError(
             f"{path}: no tensor ending in 'embed_tokens.weight'"
             f"{f' under {prefix!r}' if prefix else ''} (found e.g. {sorted(keys)[:8]})"
         )
-    table = np.asarray(ckpt[emb_key], dtype=np.float32)
+    table = np.asarray(ckpt.read(emb_key), dtype=np.float32)
     want = (cfg.vocab_size, cfg.input_embed_dim)
     if table.shape != want:
         raise CheckpointError(
             f"{path}: {emb_key} has shape {table.shape}, config.json implies {want}"
         )
     project_in = None
-    if isinstance(cfg, OPTConfig) and cfg.has_projection:
+    if getattr(cfg, "has_projection", False):  # OPT-350m style project_in
         pin_key = emb_key[: -len("embed_tokens.weight")] + "project_in.weight"
         if pin_key not in ckpt:
             raise CheckpointError(
@@ -136,15 +124,13 @@ def read_input_embeddings(path: str) -> LLMEmbeddings:
                 f"hidden_size={cfg.hidden_size} but tensor {pin_key!r} is missing"
             )
         # torch Linear weight is [out, in]; our kernel layout is [in, out].
-        project_in = np.asarray(ckpt[pin_key], dtype=np.float32).T
+        project_in = np.asarray(ckpt.read(pin_key), dtype=np.float32).T
     return LLMEmbeddings(path, llm_type, cfg, table, project_in)
 
 
 def load_tokenizer(path: str) -> Any:
     """The directory's tokenizer via ``transformers.AutoTokenizer`` (offline)."""
-    from vpgtrans_jax.data.text import load_tokenizer as _load
-
     try:
-        return _load(path)
+        return text.load_tokenizer(path)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot load a tokenizer from this directory ({e})") from e

@@ -6,37 +6,28 @@ converter g(x) = W_w x + b_w (source → target prompt space), the merged projec
 ``kernel_t = kernel_s @ kernel_w`` and ``bias_t = bias_s @ kernel_w + bias_w``; computed in float64,
 stored as float32.
 
-Output directory (``--out DIR``): the trained-parts export format of ``vpgtrans_jax.train.export``,
-so a stage-1 config names it as ``model.vpg_init``:
-  ``params/``: Orbax checkpoint of ``{"ln_vision": {"scale", "bias"}, "query_tokens":
-    float32[1, Q, Dq], "qformer": {...}, "projector": {"kernel": float32[Dq, E_tgt], "bias"}}``
-    (``nnx`` pure dicts; the Q-Former in the layout given by ``qformer_scan_layers``, unscanned
-    ``layers.{i}`` by default);
-  ``export.json``: ``{"format", "version", "modules", "stage": "merge", "qformer_scan_layers",
-    "vl_config" (source vision/Q-Former + target LLM, ``VLConfig.to_dict``; null when the target
-    LLM directory is unreadable), "model_source": {"vision": source checkpoint, "llm": target LLM},
-    "source_checkpoint", "converter", "converter_meta"}``.
-``load_vpg_init(path)`` reads it back as ``{module: pure dict}``.
+The output (``--out DIR``) is a model directory (``checkpoint.model_dir``) of the whole target
+VL model: it stores the source's VPG parts (ln_vision, query tokens, Q-Former) with the merged
+projector, and references the source checkpoint's ViT and the target LLM. Stage 1 names it as
+``model.path`` or ``model.vpg_init``; ``vpgtrans_jax.load`` opens it (that is the "init" point of a
+transfer, evaluated before any training). The manifest's ``info`` records the source checkpoint,
+the converter and its metadata.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 
-from vpgtrans_jax import weights
-from vpgtrans_jax.checkpoint_io import CheckpointError, ShardedCheckpoint, read_json
-from vpgtrans_jax.models import qformer as qformer_mod
-from vpgtrans_jax.models.vl_model import VLConfig
-from vpgtrans_jax.transfer.llm_embeddings import llm_config_of
-from vpgtrans_jax.transfer.word_converter import WordConverter, load_converter
-
-VPG_MODULES = ("ln_vision", "query_tokens", "qformer", "projector")
+from vpgtrans_jax.checkpoint import model_dir
+from vpgtrans_jax.checkpoint.hf import llms
+from vpgtrans_jax.checkpoint.sources import read_json
+from vpgtrans_jax.errors import CheckpointError
+from vpgtrans_jax.models.parts import VPG_PARTS
+from vpgtrans_jax.transfer.word_converter import load_converter
 
 
 def merge_linear(
@@ -59,103 +50,17 @@ def merge_linear(
     return kernel.astype(np.float32), bias.astype(np.float32)
 
 
-def _is_hf_blip2(path: str) -> bool:
-    cfg = os.path.join(path, "config.json")
-    return os.path.isfile(cfg) and read_json(cfg).get("model_type") in ("blip-2", "blip_2")
-
-
-def _hf_blip2_vpg(path: str) -> tuple[dict[str, Any], VLConfig]:
-    """Reads only the VPG tensors of a HF BLIP-2 directory (no ViT / LLM weights are loaded)."""
-    from vpgtrans_jax.loading import hf_blip2_rules
-
-    try:
-        cfg = VLConfig.from_hf(read_json(os.path.join(path, "config.json")))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}/config.json: {e}") from e
-    ckpt = ShardedCheckpoint(path)
-
-    def get(key: str) -> np.ndarray:
-        if key not in ckpt:
-            raise CheckpointError(f"{path}: missing tensor {key!r}")
-        return np.asarray(ckpt[key], dtype=np.float32)
-
-    rules = [r for r in hf_blip2_rules(cfg) if r.ours.split(".")[0] in VPG_MODULES]
-    pure, _ = weights.hf_to_pure_dict(rules, get)
-    return pure, cfg
-
-
-def _model_dir_vpg(path: str) -> tuple[dict[str, Any], VLConfig]:
-    """Reads only the VPG parts of a vpgtrans-jax model directory (``convert/``)."""
-    from vpgtrans_jax.convert import model_dir
-
-    return model_dir.load_params(path, parts=VPG_MODULES), model_dir.read_config(path)
-
-
-def _loaded_vpg(path: str) -> tuple[dict[str, Any], VLConfig]:
-    """Any other checkpoint ``vpgtrans_jax.load`` accepts: load it and take the VPG state."""
-    from flax import nnx
-
-    import vpgtrans_jax
-
-    model = vpgtrans_jax.load(path)
-    pure = nnx.to_pure_dict(nnx.state(model))
-    return {k: jax.tree.map(np.asarray, pure[k]) for k in VPG_MODULES}, model.config
-
-
-def read_source_vpg(path: str) -> tuple[dict[str, Any], VLConfig]:
-    """``({module: pure dict} for ln_vision/query_tokens/qformer/projector, VLConfig)``."""
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: --src_checkpoint must be a checkpoint directory")
-    from vpgtrans_jax.convert.model_dir import is_model_dir
-
-    if is_model_dir(path):
-        return _model_dir_vpg(path)
-    return _hf_blip2_vpg(path) if _is_hf_blip2(path) else _loaded_vpg(path)
-
-
-def relayout_qformer(pure: dict, cfg: qformer_mod.QFormerConfig, scan_layers: bool) -> dict:
-    """Q-Former pure dict in ``cfg``'s layout → the ``scan_layers`` layout (via HF tensor names)."""
-    if cfg.scan_layers == scan_layers:
-        return pure
-    flat = {".".join(map(str, p)): v for p, v in _flatten(pure)}
-    hf: dict[str, np.ndarray] = {}
-    for rule in qformer_mod.hf_weight_map(cfg):
-        for ours, key, i in weights.expand(rule):
-            arr = flat[weights.stacked_path(rule)][i] if rule.stacked else flat[ours]
-            hf[key] = weights.from_ours(rule.kind, np.asarray(arr))
-    target = dataclasses.replace(cfg, scan_layers=scan_layers)
-    out, _ = weights.hf_to_pure_dict(qformer_mod.hf_weight_map(target), hf.__getitem__)
-    return out
-
-
-def _int_keys(tree: Any) -> Any:
-    """Digit-string keys (as Orbax restores them) back to the ints of ``nnx`` layer lists."""
-    if not isinstance(tree, dict):
-        return tree
-    return {
-        (int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()
-    }
-
-
-def _flatten(tree: Any, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
-    if not isinstance(tree, dict):
-        return [(prefix, tree)]
-    return [item for k, v in tree.items() for item in _flatten(v, (*prefix, k))]
-
-
-def _target_vl_config(src_cfg: VLConfig, conv: WordConverter) -> VLConfig | None:
-    """Source vision/Q-Former with the converter's target LLM (None if that LLM is unreadable)."""
-    tgt = conv.meta.get("tgt_llm")
-    cfg_path = os.path.join(tgt, "config.json") if tgt else None
-    if not cfg_path or not os.path.isfile(cfg_path):
-        return None
-    _, llm_cfg, _ = llm_config_of(read_json(cfg_path), cfg_path)
-    if llm_cfg.input_embed_dim != conv.tgt_dim:
-        raise ValueError(
-            f"converter writes width {conv.tgt_dim} but its target LLM {tgt} has input embedding "
-            f"width {llm_cfg.input_embed_dim}"
+def target_llm_config(target_llm: str) -> Any:
+    """Our config of the target LLM directory (a HF LLM, a HF BLIP-2 or a model directory)."""
+    if model_dir.is_model_dir(target_llm):
+        return model_dir.read_spec(target_llm).llm
+    path = os.path.join(target_llm, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"{target_llm}: the target LLM has no config.json (pass the HF LLM directory the "
+            "word converter was trained for)"
         )
-    return src_cfg.replace(llm=llm_cfg)
+    return llms.config_from_hf(read_json(path), path)
 
 
 def merge_projector(
@@ -163,71 +68,59 @@ def merge_projector(
     converter: str,
     out_dir: str,
     *,
+    target_llm: str | None = None,
     qformer_scan_layers: bool = False,
+    overwrite: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Writes the stage-1 initialisation (source VPG + merged projector) to ``out_dir``.
 
-    Returns the ``export.json`` contents.
+    Args:
+      src_checkpoint: the source VL model (a model directory or a HF BLIP-2 directory).
+      converter: the word converter directory (``scripts/word_converter.py --out``).
+      target_llm: the target LLM directory; default: the one the converter records.
+      qformer_scan_layers: store the Q-Former scanned (its layout for a scanned training run).
+
+    Returns:
+      the manifest written.
     """
-    from flax import nnx
-
-    from vpgtrans_jax.train.export import export_trained_parts
-
     conv = load_converter(converter)
-    parts, src_cfg = read_source_vpg(src_checkpoint)
-    proj = parts["projector"]
-    kernel, bias = merge_linear(
-        np.asarray(proj["kernel"]), np.asarray(proj["bias"]), conv.kernel, conv.bias
+    target_llm = target_llm or conv.meta.get("tgt_llm")
+    if not target_llm:
+        raise CheckpointError(f"{converter}: records no target LLM; pass target_llm (--tgt_llm)")
+    tgt_cfg = target_llm_config(target_llm)
+    if tgt_cfg.input_embed_dim != conv.tgt_dim:
+        raise CheckpointError(
+            f"the word converter writes width {conv.tgt_dim} but the target LLM {target_llm} has "
+            f"input embedding width {tgt_cfg.input_embed_dim}"
+        )
+    spec, flat = model_dir.read_parts(
+        src_checkpoint, VPG_PARTS, qformer={"scan_layers": qformer_scan_layers}
     )
-    parts["projector"] = {"kernel": kernel, "bias": bias}
-    parts["qformer"] = relayout_qformer(parts["qformer"], src_cfg.qformer, qformer_scan_layers)
-    parts = jax.tree.map(lambda a: np.asarray(a, np.float32), parts)
-    vl_cfg = _target_vl_config(src_cfg, conv)
-    meta = {
+    if spec.vl is None:
+        raise CheckpointError(f"{src_checkpoint}: holds only an LLM; there is no VPG to transfer")
+    kernel_s, bias_s = flat["projector.kernel"], flat["projector.bias"]
+    kernel, bias = merge_linear(kernel_s, bias_s, conv.kernel, conv.bias)
+    params = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+    params.update({"projector.kernel": kernel, "projector.bias": bias})
+    cfg = spec.vl.replace(llm=tgt_cfg)
+    info = {
         "stage": "merge",
-        "qformer_scan_layers": qformer_scan_layers,
-        "vl_config": None if vl_cfg is None else vl_cfg.to_dict(),
-        "model_source": {
-            "vision": os.path.abspath(src_checkpoint),
-            "llm": conv.meta.get("tgt_llm"),
-        },
         "source_checkpoint": os.path.abspath(src_checkpoint),
         "converter": os.path.abspath(converter),
         "converter_meta": conv.meta,
         "projector_shape": list(kernel.shape),
     }
-    state = nnx.State(jax.tree.map(nnx.Param, parts))
-    export_trained_parts(state, out_dir, meta)
+    manifest = model_dir.save_model_dir(
+        params, out_dir, cfg,
+        sources={"vision": os.path.abspath(src_checkpoint), "llm": os.path.abspath(target_llm)},
+        origins={"projector": "merge: source projector ∘ word converter",
+                 **{p: os.path.abspath(src_checkpoint) for p in VPG_PARTS if p != "projector"}},
+        info=info, overwrite=overwrite, created_by="vpgtrans_jax.transfer.merge",
+    )  # fmt: skip
     if log:
         log(
-            f"merged projector {proj['kernel'].shape} ∘ converter {conv.kernel.shape} → "
+            f"merged projector {kernel_s.shape} ∘ converter {conv.kernel.shape} → "
             f"{kernel.shape}; wrote {out_dir}"
         )
-    return read_json(os.path.join(out_dir, "export.json"))
-
-
-def load_vpg_init(path: str, *, qformer_scan_layers: bool | None = None) -> dict[str, Any]:
-    """``{module: nnx pure dict}`` of a merge (or training export) directory.
-
-    ``qformer_scan_layers`` converts the Q-Former to that layout (None: as stored). Use the
-    result with ``nnx.replace_by_pure_dict(nnx.state(model.<module>), value)`` or, for
-    ``query_tokens`` (a bare parameter), ``model.query_tokens.set_value(value)``.
-    """
-    from vpgtrans_jax.train.export import read_export
-
-    info, parts = read_export(path)
-    parts = _int_keys(parts)
-    if qformer_scan_layers is not None and "qformer" in parts:
-        stored = bool(info.get("qformer_scan_layers", False))
-        vl = info.get("vl_config")
-        if stored != qformer_scan_layers:
-            if not vl:
-                raise ValueError(
-                    f"{path}: export.json has no vl_config, so the Q-Former layout cannot be "
-                    "converted; load it with qformer_scan_layers=None"
-                )
-            qcfg = VLConfig.from_dict(vl).qformer
-            qcfg = dataclasses.replace(qcfg, scan_layers=stored)
-            parts["qformer"] = relayout_qformer(parts["qformer"], qcfg, qformer_scan_layers)
-    return parts
+    return manifest

@@ -4,11 +4,11 @@ Workdir layout (each step is skipped when its output exists, so a rerun resumes)
 
     assets/                 tiny configs only: the offline source VL model and the two LLMs
     converter/              word converter (converter.json marks it complete)
-    merge/                  source VPG + merged projector (export.json)
-    init/                   the stage-1 starting model directory: stores the merged VPG parts,
-                            references the source ViT and the target LLM
+    init/                   the merge (source VPG + merged projector): the stage-1 starting model
+                            directory; stores the VPG parts, references the source ViT and the
+                            target LLM
     stage{1,2,3}/           training workdirs (checkpoints, metrics, export/ = the stage's model)
-    eval/<stage>/<task>/    predictions_<task>.json, metrics_<task>.json, eval_config.py
+    eval/<stage>/<task>/    predictions_<task>.json, metrics_<task>.json, eval_config.json
     records/<step>.json     what each finished step measured (wall time, steps, FLOPs, metrics)
     report.json, report.md  rewritten after every step
 
@@ -21,22 +21,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
-from vpgtrans_jax.checkpoint_io import read_json
-from vpgtrans_jax.train.config_base import REQUIRED
+from vpgtrans_jax import tiny
+from vpgtrans_jax.checkpoint.hf import blip2, llms
+from vpgtrans_jax.checkpoint.model_dir import read_config
+from vpgtrans_jax.checkpoint.sources import read_json
+from vpgtrans_jax.eval.runner import evaluate
+from vpgtrans_jax.tiny.transfer_assets import ensure_tiny_assets
+from vpgtrans_jax.train.config_base import REQUIRED, validate
+from vpgtrans_jax.train.flops import train_step_flops
+from vpgtrans_jax.train.loop import train
 from vpgtrans_jax.transfer import config_io
+from vpgtrans_jax.transfer.linear_map import FitConfig
+from vpgtrans_jax.transfer.merge import merge_projector
 from vpgtrans_jax.transfer.report import eval_metrics, write_report
+from vpgtrans_jax.transfer.word_converter import build_word_converter
 
 STAGES = ("stage1", "stage2", "stage3")
 EVAL_POINTS = ("source", "init", *STAGES)
-EVAL_SCRIPT = os.path.join(config_io.REPO_ROOT, "scripts", "evaluate.py")
 
 
 class TransferStopped(RuntimeError):
@@ -56,15 +63,16 @@ class Step:
 
 
 def _llm_type(llm_dir: str) -> str | None:
-    """``"opt"`` / ``"llama"`` of a HF LLM (or BLIP-2) directory; None when unreadable."""
+    """The family name of a HF LLM (or BLIP-2) directory's LLM; None when unreadable."""
     path = os.path.join(llm_dir, "config.json")
     if not os.path.isfile(path):
         return None
     cfg = read_json(path)
-    model_type = cfg.get("model_type")
-    if model_type in ("blip-2", "blip_2"):
-        model_type = (cfg.get("text_config") or {}).get("model_type", "opt")
-    return "opt" if model_type == "opt" else "llama"
+    if blip2.is_blip2(cfg):
+        cfg = cfg.get("text_config") or {}
+    return (
+        llms.family_of_model_type(cfg.get("model_type", "opt")) if isinstance(cfg, dict) else None
+    )
 
 
 class TransferPipeline:
@@ -132,7 +140,6 @@ class TransferPipeline:
         self.converter_text = texts
         self.dirs = {
             "converter": os.path.join(self.workdir, "converter"),
-            "merge": os.path.join(self.workdir, "merge"),
             "init": os.path.join(self.workdir, "init"),
             **{s: os.path.join(self.workdir, s) for s in STAGES},
         }
@@ -145,8 +152,6 @@ class TransferPipeline:
 
     def _stage_configs(self) -> dict[str, ml_collections.ConfigDict]:
         """Every enabled stage's training config, chained and validated before anything runs."""
-        from vpgtrans_jax.train.config_base import validate
-
         out: dict[str, ml_collections.ConfigDict] = {}
         stages = self.enabled_stages()
         if stages[:2] != ["stage1", "stage2"]:
@@ -168,6 +173,7 @@ class TransferPipeline:
             if sc.data.tokenizer in ("", REQUIRED):
                 sc.data.tokenizer = self.target_llm
             try:
+                tiny.prepare(sc)  # tiny stage configs: their synthetic data (cached)
                 validate(sc)
             except ValueError as e:
                 raise ValueError(f"{what}: {e}") from None
@@ -229,13 +235,10 @@ class TransferPipeline:
                 self._run_converter,
             ),
             Step(
-                "merge", "merge", os.path.join(self.dirs["merge"], "export.json"), self._run_merge
-            ),
-            Step(
-                "init",
-                "init",
+                "merge",
+                "merge",
                 os.path.join(self.dirs["init"], "vpgtrans_model.json"),
-                self._run_init,
+                self._run_merge,
                 stage="init",
             ),
         ]
@@ -316,8 +319,6 @@ class TransferPipeline:
     # ---- the steps ------------------------------------------------------------------------------
 
     def _run_assets(self) -> dict[str, Any]:
-        from vpgtrans_jax.transfer.tiny_assets import ensure_tiny_assets
-
         t = self.cfg.tiny
         paths = ensure_tiny_assets(
             self.assets_dir,
@@ -330,9 +331,6 @@ class TransferPipeline:
         return {"paths": paths}
 
     def _run_converter(self) -> dict[str, Any]:
-        from vpgtrans_jax.transfer.linear_map import FitConfig
-        from vpgtrans_jax.transfer.word_converter import build_word_converter
-
         cc = self.cfg.converter
         fit = FitConfig(
             loss=cc.loss,
@@ -359,51 +357,22 @@ class TransferPipeline:
         return {"metrics": m, "align_stats": conv.meta["align_stats"], "flops": flops}
 
     def _run_merge(self) -> dict[str, Any]:
-        from vpgtrans_jax.transfer.merge import merge_projector
-
-        info = merge_projector(
+        """The stage-1 model: merged VPG parts stored; source ViT and target LLM referenced."""
+        manifest = merge_projector(
             self.source_checkpoint,
             self.dirs["converter"],
-            self.dirs["merge"],
+            self.dirs["init"],
+            target_llm=self.target_llm,
             qformer_scan_layers=False,
+            overwrite=True,  # a half-finished earlier attempt of this very step
             log=self.log,
         )
-        return {"projector_shape": info.get("projector_shape")}
-
-    def _run_init(self) -> dict[str, Any]:
-        """Stage-1 model: merged VPG parts stored; source ViT and target LLM referenced."""
-        import dataclasses as dc
-
-        from vpgtrans_jax.convert.model_dir import save_model_dir
-        from vpgtrans_jax.models.vl_model import VLConfig
-        from vpgtrans_jax.train.export import read_export
-        from vpgtrans_jax.transfer.merge import load_vpg_init
-
-        info, _ = read_export(self.dirs["merge"])
-        if not info.get("vl_config"):
-            raise ValueError(
-                f"{self.dirs['merge']}/export.json has no vl_config: the target LLM "
-                f"{self.target_llm} has no readable config.json"
-            )
-        vl = VLConfig.from_dict(info["vl_config"])
-        vl = vl.replace(qformer=dc.replace(vl.qformer, scan_layers=False))
-        parts = load_vpg_init(self.dirs["merge"], qformer_scan_layers=False)
-        save_model_dir(
-            parts,
-            self.dirs["init"],
-            vl,
-            sources={"vision": self.source_checkpoint, "llm": self.target_llm},
-            origins={"projector": "merge: source projector ∘ word converter"},
-            overwrite=True,
-            created_by="vpgtrans_jax.transfer.pipeline (init)",
-        )
-        return {"vl_config": vl.to_dict()}
+        return {
+            "projector_shape": manifest["info"]["projector_shape"],
+            "vl_config": manifest["config"],
+        }
 
     def _run_stage(self, name: str) -> dict[str, Any]:
-        from vpgtrans_jax.convert.model_dir import read_config
-        from vpgtrans_jax.train.flops import train_step_flops
-        from vpgtrans_jax.train.loop import train
-
         sc = self.stage_configs[name]
         summary = train(sc, self.dirs[name], progress=self.progress)
         attempts_path = os.path.join(self.records_dir, f"{name}.attempts.json")
@@ -448,26 +417,9 @@ class TransferPipeline:
         ec = self.eval_configs[(point, task)]
         out = os.path.join(self.workdir, "eval", point, task)
         os.makedirs(out, exist_ok=True)
-        cfg_file = os.path.join(out, "eval_config.py")
-        with open(cfg_file, "w") as f:
-            f.write(
-                '"""Written by the transfer pipeline: the resolved evaluation config."""\n\n'
-                "import json\n\nimport ml_collections\n\n"
-                f"CONFIG = json.loads({json.dumps(json.dumps(ec, indent=1))})\n\n\n"
-                "def get_config(arg=None):\n    return ml_collections.ConfigDict(CONFIG)\n"
-            )
-        script = self.cfg.eval.script or EVAL_SCRIPT
-        cmd = [
-            sys.executable,
-            config_io.resolve_repo_path(script),
-            f"--config={cfg_file}",
-            f"--workdir={out}",
-        ]
-        done = subprocess.run(cmd)  # in our cwd: relative data paths keep their meaning
-        if done.returncode != 0:
-            raise RuntimeError(f"evaluation failed (exit {done.returncode}): {' '.join(cmd)}")
-        metrics_path = os.path.join(out, f"metrics_{task}.json")
-        raw = read_json(metrics_path) if os.path.isfile(metrics_path) else None
+        with open(os.path.join(out, "eval_config.json"), "w") as f:
+            json.dump(ec, f, indent=1)  # the resolved config, for the record
+        raw = evaluate(ml_collections.ConfigDict(ec), out)
         return {
             "task": task,
             "checkpoint": ec["checkpoint"],

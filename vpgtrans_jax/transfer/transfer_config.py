@@ -69,7 +69,7 @@ def base_transfer_config() -> ml_collections.ConfigDict:
         {"stage1": stage(""), "stage2": stage(""), "stage3": stage("")}
     )
     c.eval = ml_collections.ConfigDict(
-        {"run": "", "points": "stage1,stage2,stage3", "script": "", "tasks": _free()}
+        {"run": "", "points": "stage1,stage2,stage3", "tasks": _free()}
     )
     c.data = _free()
     return c

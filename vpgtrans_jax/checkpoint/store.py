@@ -15,8 +15,10 @@ import tempfile
 from collections.abc import Iterator, Mapping
 
 import numpy as np
+import orbax.checkpoint as ocp
 
-from vpgtrans_jax.checkpoint_io import CheckpointError
+from vpgtrans_jax.checkpoint.fill import dotted, nested
+from vpgtrans_jax.errors import CheckpointError
 
 DEFAULT_GROUP_BYTES = 128 * 2**20
 
@@ -35,55 +37,27 @@ def _release_freed_memory() -> None:
 
 
 def _checkpointer():
-    import orbax.checkpoint as ocp
-
     return ocp.Checkpointer(ocp.StandardCheckpointHandler())
-
-
-def nest(flat: Mapping[str, np.ndarray]) -> dict:
-    """``{"a.0.b": x}`` → ``{"a": {"0": {"b": x}}}`` (string keys throughout)."""
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        keys = path.split(".")
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    return tree
-
-
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def save_group(path: str, flat: Mapping[str, np.ndarray]) -> None:
     """Writes ``{dotted path: array}`` as one Orbax checkpoint at ``path`` (must not exist)."""
-    _checkpointer().save(os.path.abspath(path), args=_standard_save(nest(flat)))
+    _checkpointer().save(os.path.abspath(path), args=_standard_save(nested(flat)))
 
 
 def _standard_save(tree):
-    import orbax.checkpoint as ocp
-
     return ocp.args.StandardSave(tree)
 
 
 def restore_group(path: str) -> dict[str, np.ndarray]:
     """Reads one group back as ``{dotted path: numpy array}`` in the stored dtypes."""
-    import orbax.checkpoint as ocp
-
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: parameter group is missing")
     try:
         tree = _checkpointer().restore(os.path.abspath(path), args=ocp.args.StandardRestore())
     except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types for a bad dir
         raise CheckpointError(f"{path}: unreadable Orbax parameter group ({e})") from e
-    return {k: np.asarray(v) for k, v in flatten(tree).items()}
+    return {k: np.asarray(v) for k, v in dotted(tree).items()}
 
 
 class GroupWriter:
@@ -187,8 +161,12 @@ def atomic_output(out: str, *, overwrite: bool = False, is_dir: bool = True) -> 
         os.rename(out, os.path.join(old, base))
         os.rename(tmp, out)
         _remove(old)
-    else:
+        return
+    try:
         os.rename(tmp, out)
+    except OSError as e:  # another writer created ``out`` meanwhile
+        _remove(tmp)
+        raise FileExistsError(f"{out} appeared while it was being written") from e
 
 
 def _remove(path: str) -> None:
@@ -205,6 +183,4 @@ __all__ = [
     "restore_group",
     "assemble_pieces",
     "atomic_output",
-    "nest",
-    "flatten",
 ]

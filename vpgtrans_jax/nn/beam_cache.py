@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from vpgtrans_jax import sharding
-from vpgtrans_jax.attention import _NEG
-from vpgtrans_jax.kv_cache import KVCache, LayerForms
+from vpgtrans_jax.nn.attention import _NEG
+from vpgtrans_jax.nn.kv_cache import KVCache, LayerForms
 
 _VALUE_AXES = ("cache_batch", "cache_heads", "cache_length", "head_dim")
 _KEY_AXES = ("cache_batch", "cache_heads", "head_dim", "cache_length")

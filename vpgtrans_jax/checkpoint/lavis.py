@@ -1,12 +1,7 @@
-"""Model parts, and which rules map each part to Hugging Face BLIP-2, HF LLM and LAVIS tensor names.
+"""LAVIS / VPGTrans tensor names: derived from the HF BLIP-2 names by a fixed renaming.
 
-A VL model's parameters are stored per *part* (a top-level ``VLModel`` child): ``vision``,
-``ln_vision``, ``query_tokens``, ``qformer``, ``projector``, ``llm``. *Towers* name groups of parts:
-``vision``, ``vpg`` (the four trainable VPG parts) and ``llm``.
-
-LAVIS/VPGTrans names are derived from the HF BLIP-2 names by a fixed renaming (see
-docs/checkpoints.md), except the ViT's q/v biases, which LAVIS keeps as separate tensors while HF
-fuses them into ``qkv.bias = cat(q_bias, 0, v_bias)``.
+The exception is the ViT's q/v biases, which LAVIS keeps as separate tensors while HF fuses them
+into ``qkv.bias = cat(q_bias, 0, v_bias)`` (docs/checkpoints.md has the table).
 """
 
 from __future__ import annotations
@@ -15,81 +10,15 @@ import dataclasses
 import re
 from collections.abc import Iterable
 
-from vpgtrans_jax.loading import hf_blip2_rules, is_unused_hf_blip2_key
-from vpgtrans_jax.models import llama, opt
+from vpgtrans_jax.checkpoint.hf import blip2, llms
+from vpgtrans_jax.checkpoint.hf.llms import HF_LLMS
+from vpgtrans_jax.checkpoint.rules import WeightRule
+from vpgtrans_jax.models.parts import part_of
 from vpgtrans_jax.models.vl_model import VLConfig
-from vpgtrans_jax.weights import WeightRule
-
-PARTS = ("vision", "ln_vision", "query_tokens", "qformer", "projector", "llm")
-VPG_PARTS = ("ln_vision", "query_tokens", "qformer", "projector")
-TOWERS = {"vision": ("vision",), "vpg": VPG_PARTS, "llm": ("llm",)}
-# Tower-config fields that only change how a checkpoint is computed or laid out, not what it holds.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
-
-
-def expand_parts(names: Iterable[str]) -> list[str]:
-    """Part and tower names → part names (in ``PARTS`` order). Raises ValueError on others."""
-    out: set[str] = set()
-    for n in names:
-        if n in TOWERS:
-            out.update(TOWERS[n])
-        elif n in PARTS:
-            out.add(n)
-        else:
-            raise ValueError(
-                f"unknown part or tower {n!r}; parts are {list(PARTS)}, towers {list(TOWERS)}"
-            )
-    return [p for p in PARTS if p in out]
-
-
-def part_of(path: str) -> str:
-    """Our dotted parameter path → its part (first component)."""
-    return path.split(".", 1)[0]
-
-
-def rule_part(rule: WeightRule) -> str:
-    return part_of(rule.ours)
-
-
-def tower_config(cfg: VLConfig, part: str):
-    """The tower config that decides a part's layout (None for parts without layers)."""
-    return {"vision": cfg.vision, "qformer": cfg.qformer, "llm": cfg.llm}.get(part)
-
-
-def architecture(tower_cfg) -> dict:
-    """A tower config's fields minus the runtime ones (what must agree between two checkpoints)."""
-    d = dataclasses.asdict(tower_cfg)
-    for k in RUNTIME_FIELDS:
-        d.pop(k, None)
-    return d
-
-
-def hf_blip2_part_rules(cfg: VLConfig, parts: Iterable[str]) -> list[WeightRule]:
-    """``hf_blip2_rules(cfg)`` restricted to ``parts``."""
-    wanted = set(parts)
-    return [r for r in hf_blip2_rules(cfg) if rule_part(r) in wanted]
-
-
-def llm_module(llm_type: str):
-    return opt if llm_type == "opt" else llama
-
-
-def hf_llm_rules(cfg: VLConfig) -> list[WeightRule]:
-    """``llm.*`` ← an ``OPTForCausalLM`` / ``LlamaForCausalLM`` state dict (no prefix)."""
-    return [r.with_prefix("llm.", "") for r in llm_module(cfg.llm_type).hf_weight_map(cfg.llm)]
-
-
-def is_unused_hf_llm_key(key: str, cfg: VLConfig) -> bool:
-    return llm_module(cfg.llm_type).is_unused_hf_key(key)
-
-
-def is_unused_hf_key(key: str, cfg: VLConfig) -> bool:
-    return is_unused_hf_blip2_key(key, cfg)
-
 
 # ---- LAVIS / VPGTrans names ---------------------------------------------------------------------
 
-PROJ_NAMES = ("opt_proj", "llama_proj")
+PROJ_NAMES = tuple(m.LAVIS_PROJECTOR for m in HF_LLMS.values())
 _L = r"(\d+|\{i\})"  # a layer index, or the {i} of a rule template
 _HF_TO_LAVIS: list[tuple[str, str]] = [
     (r"vision_model\.embeddings\.class_embedding", "visual_encoder.cls_token"),
@@ -135,7 +64,10 @@ def lavis_rules(cfg: VLConfig, parts: Iterable[str], proj: str = "opt_proj") -> 
     ``attn.v_bias``.
     """
     out = []
-    for r in hf_blip2_part_rules(cfg, parts):
+    wanted = set(parts)
+    for r in blip2.weight_rules(cfg):
+        if part_of(r.ours) not in wanted:
+            continue
         m = _QKV_BIAS.fullmatch(r.hf)
         if m is not None:
             name = {0: "q_bias", 2: "v_bias"}[r.chunk]
@@ -154,17 +86,15 @@ def is_optional_lavis_key(key: str, cfg: VLConfig) -> bool:
     return m is not None and int(m.group(1)) >= cfg.vision.num_layers
 
 
+def projector_name(cfg: VLConfig) -> str:
+    """The projector's key in LAVIS / VPGTrans checkpoints for this model's LLM family."""
+    return llms.interop(cfg.llm).LAVIS_PROJECTOR
+
+
 __all__ = [
-    "PARTS",
-    "VPG_PARTS",
-    "TOWERS",
-    "expand_parts",
-    "part_of",
-    "tower_config",
-    "architecture",
-    "hf_blip2_part_rules",
-    "hf_llm_rules",
+    "PROJ_NAMES",
     "hf_to_lavis_key",
     "lavis_rules",
     "is_optional_lavis_key",
+    "projector_name",
 ]

@@ -1,12 +1,20 @@
-"""Tiny random Hugging Face BLIP-2 models in PyTorch: the numerical references for tests and
-`scripts/check_parity.py`. Needs torch (the `test` extra); nothing else in the package imports it.
+"""Tiny random Hugging Face BLIP-2 models in PyTorch: the numerical references for the tests,
+`scripts/check_parity.py` and `scripts/bench_generate.py`. Needs torch (the `test` extra); the
+package never imports it.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
+
+import jax
 import numpy as np
 import torch
 import transformers as T
+
+from vpgtrans_jax.checkpoint.load import load
 
 NUM_QUERY = 4
 IMAGE_TOKEN = 3  # an ordinary vocab id reserved as the BLIP-2 image placeholder
@@ -118,3 +126,53 @@ def torch_logits(model, pixels, ids, mask) -> np.ndarray:
     with torch.no_grad():
         out = model(pixel_values=pt_pixels, input_ids=pt_ids, attention_mask=pt_mask)
     return out.logits.numpy()
+
+
+def check_parity(
+    hf_dir: str | None = None,
+    llms: tuple[str, ...] = ("opt", "llama"),
+    *,
+    batch: int = 2,
+    text_len: int = 8,
+    scan_layers: bool = False,
+    tolerance: float = 1e-4,
+) -> bool:
+    """Compares ``vpgtrans_jax.load`` logits with ``Blip2ForConditionalGeneration`` in fp32.
+
+    With ``hf_dir`` that directory is checked; otherwise tiny random BLIP-2s with the ``llms``
+    text models are built, saved and checked. Prints one line per model; True when all pass.
+    """
+    jax.config.update("jax_default_matmul_precision", "highest")
+    cases = []
+    if hf_dir:
+        pt = T.Blip2ForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32)
+        cases.append((hf_dir, pt.eval(), hf_dir))
+    else:
+        tmp = tempfile.mkdtemp(prefix="vpgtrans_parity_")
+        for llm in llms:
+            pt = tiny_blip2(llm)
+            path = os.path.join(tmp, llm)
+            pt.save_pretrained(path)
+            cases.append((f"tiny random BLIP-2 ({llm})", pt, path))
+    ok = True
+    for name, pt, path in cases:
+        t0 = time.perf_counter()
+        model = load(path, scan_layers=scan_layers)
+        t_load = time.perf_counter() - t0
+        pixels, ids, mask = inputs(
+            batch=batch,
+            text_len=text_len,
+            vocab=pt.config.text_config.vocab_size,
+            image=pt.config.vision_config.image_size,
+            avoid=pt.config.image_token_index,
+        )
+        ours = np.asarray(model(pixels, ids, mask))
+        theirs = torch_logits(pt, pixels, ids, mask)[:, pt.config.num_query_tokens :]
+        diff = float(np.abs(ours - theirs).max())
+        passed = diff <= tolerance
+        ok &= passed
+        print(
+            f"{name}: logits {ours.shape}, max |jax - torch| = {diff:.2e} "
+            f"({'OK' if passed else 'FAIL'}), load {t_load:.1f}s"
+        )
+    return ok

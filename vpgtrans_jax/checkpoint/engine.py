@@ -1,9 +1,12 @@
-"""Streaming tensor conversion between a torch-named source and our parameter paths.
+"""The one conversion engine between torch-named tensors and our parameter paths.
 
 ``import_tensors`` reads a ``TensorSource`` shard by shard and emits our arrays one at a time
 (stacking per-layer tensors for scanned towers); ``export_tensors`` turns our arrays back into
 torch-named tensors (unstacking, transposing and re-fusing chunked tensors such as the ViT's qkv
-bias). Both are driven by the same ``WeightRule`` tables as ``vpgtrans_jax.weights``.
+bias). Both are driven by ``WeightRule`` tables (``checkpoint.rules``). Everything that reads
+weights goes through here: ``vpgtrans_jax.load``, the model directory, the converters and
+``load_state_dict`` (an in-memory state dict into a model). ``relayout`` — scanned ↔ per-layer —
+is an export followed by an import with the other layout's rules.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
+from flax import nnx
 
-from vpgtrans_jax.checkpoint_io import CheckpointError
-from vpgtrans_jax.convert.sources import TensorSource
-from vpgtrans_jax.convert.store import CHUNK_MARK
-from vpgtrans_jax.weights import WeightRule, expand, from_ours, stacked_path, to_ours
+from vpgtrans_jax.checkpoint.fill import expected_params, fill_abstract
+from vpgtrans_jax.checkpoint.rules import WeightRule, expand, from_ours, stacked_path, to_ours
+from vpgtrans_jax.checkpoint.sources import MappingSource, TensorSource
+from vpgtrans_jax.checkpoint.store import CHUNK_MARK, assemble_pieces
+from vpgtrans_jax.errors import CheckpointError
 
 Emit = Callable[[str, np.ndarray], None]
 Expected = Mapping[str, tuple[tuple[int, ...], np.dtype]]
@@ -217,4 +222,67 @@ def export_tensors(
         raise CheckpointError(f"incomplete fused tensors {sorted(pieces)[:5]}")
 
 
-__all__ = ["import_tensors", "export_tensors", "check_keys", "ImportReport", "is_float"]
+def join_pieces(flat: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    """``flat`` with stacked parameters' row pieces (as ``import_tensors`` emits them) re-joined."""
+    out: dict[str, np.ndarray] = {}
+    for chunk in assemble_pieces(iter([flat]), where):
+        out.update(chunk)
+    return out
+
+
+def import_all(
+    source: TensorSource,
+    rules: list[WeightRule],
+    expected: Expected,
+    *,
+    optional: Callable[[str], bool] = lambda k: False,
+    what: str = "",
+) -> dict[str, np.ndarray]:
+    """``import_tensors`` collected into one ``{our path: array}`` dict (whole tensors)."""
+    out: dict[str, np.ndarray] = {}
+    import_tensors(source, rules, expected, out.__setitem__, optional=optional, what=what)
+    return join_pieces(out, source.name)
+
+
+def relayout(
+    flat: Mapping[str, np.ndarray],
+    have: list[WeightRule],
+    want: list[WeightRule],
+    expected: Expected,
+    where: str,
+) -> dict[str, np.ndarray]:
+    """Arrays laid out by the rules ``have`` → the layout of ``want`` (same tensor names; e.g.
+    per-layer ↔ scanned), through the torch names both share. Dtypes are kept."""
+    torch_named = dict(export_tensors(flat.items(), have))
+    return import_all(MappingSource(torch_named, where), want, expected, what=where)
+
+
+def load_state_dict(
+    abstract_model: nnx.Module,
+    rules: list[WeightRule],
+    state_dict: Mapping[str, object],
+    *,
+    optional: Callable[[str], bool] = lambda k: False,
+    source: str = "state dict",
+    shardings: nnx.State | None = None,
+) -> nnx.Module:
+    """Fills ``abstract_model`` from a torch-style ``{key: tensor}`` mapping (torch or numpy).
+
+    Keys no rule reads are an error unless ``optional(key)``; missing keys are an error.
+    """
+    expected = expected_params(abstract_model)
+    flat = import_all(MappingSource(state_dict, source), rules, expected, optional=optional)
+    return fill_abstract(abstract_model, flat, source=source, shardings=shardings)
+
+
+__all__ = [
+    "import_tensors",
+    "import_all",
+    "export_tensors",
+    "check_keys",
+    "ImportReport",
+    "is_float",
+    "join_pieces",
+    "relayout",
+    "load_state_dict",
+]

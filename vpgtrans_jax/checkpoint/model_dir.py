@@ -23,23 +23,34 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vpgtrans_jax import sharding, weights
-from vpgtrans_jax.checkpoint_io import CheckpointError, read_json
-from vpgtrans_jax.convert import layout, store
-from vpgtrans_jax.convert.sources import MappingSource, RenamedSource, TensorSource, open_hf_weights
-from vpgtrans_jax.convert.stream import export_tensors, import_tensors
-from vpgtrans_jax.models.llama import LlamaConfig
-from vpgtrans_jax.models.opt import OPTConfig
-from vpgtrans_jax.models.vl_model import LLMConfig, VLConfig, VLModel, llm_type_of
+from vpgtrans_jax import sharding
+from vpgtrans_jax.checkpoint import engine, store
+from vpgtrans_jax.checkpoint.fill import abstract, expected_params, fill_abstract, flat_params
+from vpgtrans_jax.checkpoint.hf import blip2, llms
+from vpgtrans_jax.checkpoint.rules import WeightRule
+from vpgtrans_jax.checkpoint.sources import RenamedSource, TensorSource, open_hf_weights, read_json
+from vpgtrans_jax.errors import CheckpointError
+from vpgtrans_jax.models import registry
+from vpgtrans_jax.models.configs import from_json_fields
+from vpgtrans_jax.models.parts import PARTS, RUNTIME_FIELDS, expand_parts, part_of
+from vpgtrans_jax.models.registry import LLMConfig
+from vpgtrans_jax.models.vl_model import VLConfig, VLModel
 
 MANIFEST = "vpgtrans_model.json"
 FORMAT = "vpgtrans-jax-model"
 VERSION = 1
 SOURCE_KINDS = ("vpgtrans", "hf_blip2", "hf_llm")
-HF_LLM_TYPES = {"opt": "opt", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
 
 
 # ---- what a directory holds ---------------------------------------------------------------------
+
+
+def architecture(tower_cfg: Any) -> dict:
+    """A tower config's fields minus the runtime ones (what must agree between two checkpoints)."""
+    d = dataclasses.asdict(tower_cfg)
+    for k in RUNTIME_FIELDS:
+        d.pop(k, None)
+    return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,16 +71,17 @@ class ModelSpec:
 
     @property
     def llm_type(self) -> str:
-        return llm_type_of(self.llm)
+        return registry.family_of(self.llm).name
 
     @property
     def parts(self) -> tuple[str, ...]:
-        return layout.PARTS if self.kind == "vl" else ("llm",)
+        return PARTS if self.kind == "vl" else ("llm",)
 
-    def tower(self, part: str):
-        if self.kind == "llm":
+    def tower(self, part: str) -> Any:
+        """The tower config that decides a part's layout (None for parts without layers)."""
+        if self.vl is None:
             return self.llm if part == "llm" else None
-        return layout.tower_config(self.vl, part)
+        return {"vision": self.vl.vision, "qformer": self.vl.qformer, "llm": self.vl.llm}.get(part)
 
     def config_dict(self) -> dict[str, Any]:
         if self.vl is not None:
@@ -103,61 +115,24 @@ class ModelSpec:
                              llm=rep(self.vl.llm, "llm"))  # fmt: skip
         return ModelSpec.of(vl)
 
-    def hf_rules(self, parts: Iterable[str]) -> list[weights.WeightRule]:
-        """Rules ours ← this kind's HF names (BLIP-2 for "vl", the bare LLM for "llm")."""
+    def hf_rules(self, parts: Iterable[str]) -> list[WeightRule]:
+        """Rules ours ← this kind's HF names (BLIP-2 for "vl", the bare causal LM for "llm")."""
+        wanted = set(parts)
         if self.vl is not None:
-            return layout.hf_blip2_part_rules(self.vl, parts)
-        return llm_rules(self.llm) if "llm" in parts else []
+            return [r for r in blip2.weight_rules(self.vl) if part_of(r.ours) in wanted]
+        return llms.weight_rules(self.llm, "llm.") if "llm" in wanted else []
 
     def expected(self, parts: Iterable[str] | None = None) -> dict[str, tuple[tuple, np.dtype]]:
         """Our path → (shape, dtype) of every parameter of ``parts`` (no allocation)."""
         wanted = set(self.parts if parts is None else parts)
+        rngs = lambda: nnx.Rngs(params=jax.random.key(0))  # noqa: E731
         if self.vl is not None:
-            model = weights.abstract(lambda: VLModel(self.vl, rngs=_rngs()))
-            prefix = ""
+            found = expected_params(abstract(lambda: VLModel(self.vl, rngs=rngs())))
         else:
-            model = weights.abstract(lambda: _llm_class(self.llm)(self.llm, rngs=_rngs()))
-            prefix = "llm."
-        out = {}
-        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-            key = prefix + ".".join(map(str, path))
-            if layout.part_of(key) in wanted:
-                v = var.get_value()
-                out[key] = (tuple(v.shape), np.dtype(v.dtype))
-        return out
-
-
-def _llm_class(llm: LLMConfig):
-    from vpgtrans_jax.models.llama import LlamaForCausalLM
-    from vpgtrans_jax.models.opt import OPTForCausalLM
-
-    return OPTForCausalLM if isinstance(llm, OPTConfig) else LlamaForCausalLM
-
-
-def _rngs() -> nnx.Rngs:
-    return nnx.Rngs(params=jax.random.key(0))
-
-
-def llm_rules(llm: LLMConfig) -> list[weights.WeightRule]:
-    """``llm.*`` ← a bare ``OPTForCausalLM`` / ``LlamaForCausalLM`` state dict."""
-    mod = layout.llm_module(llm_type_of(llm))
-    return [r.with_prefix("llm.", "") for r in mod.hf_weight_map(llm)]
-
-
-def llm_config_from_hf(hf: Mapping[str, Any], where: str, **overrides: Any) -> LLMConfig:
-    """A HF LLM ``config.json`` dict → our OPT / LLaMA config, with a clear error otherwise."""
-    model_type = hf.get("model_type")
-    if model_type not in HF_LLM_TYPES:
-        raise CheckpointError(
-            f"{where}: model_type {model_type!r} is not a supported LLM; expected one of "
-            f"{sorted(HF_LLM_TYPES)} (OPTForCausalLM, LlamaForCausalLM incl. Vicuna)"
-        )
-    try:
-        if HF_LLM_TYPES[model_type] == "opt":
-            return OPTConfig.from_hf(hf, **overrides)
-        return LlamaConfig.from_hf(hf, **overrides)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: {e}") from e
+            llm_cls = registry.family_of(self.llm).model_cls
+            found = expected_params(abstract(lambda: llm_cls(self.llm, rngs=rngs())))
+            found = {f"llm.{k}": v for k, v in found.items()}
+        return {k: v for k, v in found.items() if part_of(k) in wanted}
 
 
 def open_hf_llm(directory: str) -> TensorSource:
@@ -178,8 +153,10 @@ def is_model_dir(path: str) -> bool:
 
 def read_manifest(path: str) -> dict[str, Any]:
     """The manifest of a model directory, validated (format, version, kind, parts)."""
-    m = read_json(os.path.join(path, MANIFEST))
     where = os.path.join(path, MANIFEST)
+    m = read_json(where)
+    if not isinstance(m, dict):
+        raise CheckpointError(f"{where}: expected a JSON object, got {type(m).__name__}")
     if m.get("format") != FORMAT:
         raise CheckpointError(f"{where}: format {m.get('format')!r} is not {FORMAT!r}")
     if m.get("version") != VERSION:
@@ -196,12 +173,9 @@ def spec_from_manifest(m: Mapping[str, Any], where: str = MANIFEST) -> ModelSpec
     try:
         if m["kind"] == "vl":
             return ModelSpec.of(VLConfig.from_dict(cfg))
-        vl = VLConfig.from_dict(
-            {"llm_type": cfg.get("llm_type"), "llm": cfg.get("llm") or {}, "vision": {},
-             "qformer": {"encoder_hidden_size": 1408}}
-        )  # fmt: skip
-        return ModelSpec.llm_only(vl.llm)
-    except (KeyError, TypeError, ValueError) as e:
+        family = registry.family(cfg.get("llm_type"))
+        return ModelSpec.llm_only(from_json_fields(family.config_cls, cfg.get("llm") or {}, "llm"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{where}: bad config ({e})") from e
 
 
@@ -233,10 +207,11 @@ def describe_source(src: str | Mapping[str, Any]) -> dict[str, str]:
         raise CheckpointError(
             f"{path}: not a model directory ({MANIFEST}) nor a HF directory (config.json)"
         )
-    model_type = read_json(cfg_path).get("model_type")
-    if model_type in ("blip-2", "blip_2"):
+    hf = read_json(cfg_path)
+    if blip2.is_blip2(hf):
         return {"kind": "hf_blip2", "path": path}
-    if model_type in HF_LLM_TYPES:
+    model_type = hf.get("model_type") if isinstance(hf, dict) else None
+    if llms.family_of_model_type(model_type) is not None:
         return {"kind": "hf_llm", "path": path}
     raise CheckpointError(f"{cfg_path}: model_type {model_type!r} is neither BLIP-2 nor an LLM")
 
@@ -247,7 +222,7 @@ def describe_source(src: str | Mapping[str, Any]) -> dict[str, str]:
 def _check_arch(part: str, have, want, where: str) -> None:
     if have is None or want is None:
         return
-    a, b = layout.architecture(have), layout.architecture(want)
+    a, b = architecture(have), architecture(want)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff or type(have) is not type(want):
         detail = ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in diff)
@@ -289,22 +264,12 @@ def part_tensors(path: str, part: str, target: ModelSpec) -> Iterator[dict[str, 
 def relayout(
     flat: Mapping[str, np.ndarray], part: str, have: ModelSpec, want: ModelSpec
 ) -> dict[str, np.ndarray]:
-    """One part's arrays from ``have``'s layer layout to ``want``'s (through torch names)."""
-    rules = lambda s: llm_rules(s.llm) if part == "llm" else s.hf_rules([part])  # same names
-    hf = dict(export_tensors(flat.items(), rules(have)))
-    out: dict[str, np.ndarray] = {}
+    """One part's arrays from ``have``'s layer layout to ``want``'s (the stored dtype is kept)."""
     stored_dtype = next(iter(flat.values())).dtype  # a part's tensors share one dtype
     expected = {k: (s, stored_dtype) for k, (s, _) in want.expected([part]).items()}
-    import_tensors(MappingSource(hf, f"{part} (relayout)"), rules(want), expected, out.__setitem__)
-    return _joined(out, f"{part} (relayout)")
-
-
-def _joined(flat: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
-    """``flat`` with stacked parameters' row pieces (as ``import_tensors`` emits them) re-joined."""
-    out: dict[str, np.ndarray] = {}
-    for chunk in store.assemble_pieces(iter([flat]), where):
-        out.update(chunk)
-    return out
+    # Through the bare causal-LM names for the LLM: ``have`` and ``want`` may be of either kind.
+    rules = lambda s: llms.weight_rules(s.llm, "llm.") if part == "llm" else s.hf_rules([part])  # noqa: E731
+    return engine.relayout(flat, rules(have), rules(want), expected, f"{part} (relayout)")
 
 
 def source_part_tensors(
@@ -321,21 +286,23 @@ def source_part_tensors(
         if target.vl is None:
             raise CheckpointError(f"{path}: a BLIP-2 source can only feed a VL model's parts")
         try:
-            src_spec = ModelSpec.of(VLConfig.from_hf(hf))
-        except ValueError as e:
+            src_spec = ModelSpec.of(blip2.config_from_hf(hf))
+        except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}/config.json: {e}") from e
         source: TensorSource = open_hf_weights(path)
-        rules = target.hf_rules([part])
     else:
         if part != "llm":
             raise CheckpointError(f"{path}: a HF LLM source can only provide the 'llm' part")
-        src_spec = ModelSpec.llm_only(llm_config_from_hf(hf, path))
-        source, rules = open_hf_llm(path), llm_rules(target.llm)
+        src_spec = ModelSpec.llm_only(llms.config_from_hf(hf, path))
+        source = open_hf_llm(path)
     _check_arch(part, src_spec.tower(part), target.tower(part), path)
-    out: dict[str, np.ndarray] = {}
-    import_tensors(source, rules, target.expected([part]), out.__setitem__,
-                   optional=lambda k: True, what=f"part {part!r}")  # fmt: skip
-    yield _joined(out, f"{path}: part {part!r}")
+    rules = (
+        target.hf_rules([part])
+        if src["kind"] == "hf_blip2"
+        else llms.weight_rules(target.llm, "llm.")
+    )
+    yield engine.import_all(source, rules, target.expected([part]), optional=lambda k: True,
+                            what=f"part {part!r}")  # fmt: skip
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -350,7 +317,7 @@ class PartWriter(store.GroupWriter):
         self.dtypes: dict[str, str] = {}
 
     def emit(self, path: str, value: np.ndarray) -> None:
-        part = layout.part_of(path)
+        part = part_of(path)
         self.paths.add(path.split(store.CHUNK_MARK)[0])  # a row piece counts for its tensor
         self.dtypes.setdefault(part, str(value.dtype))
         self.add(part, path, value)
@@ -364,6 +331,7 @@ def write_model_dir(
     sources: Mapping[str, Any] | None = None,
     origins: Mapping[str, Any] | None = None,
     hf: Mapping[str, Any] | None = None,
+    info: Mapping[str, Any] | None = None,
     created_by: str = "vpgtrans_jax",
     overwrite: bool = False,
     group_bytes: int = store.DEFAULT_GROUP_BYTES,
@@ -374,6 +342,7 @@ def write_model_dir(
       sources: part or tower name → source (path or ``{"kind", "path"}``) for parts not written.
       origins: part or tower name → free-form description of where a stored part came from.
       hf: extra Hugging Face facts to keep (e.g. ``{"image_token_index": 32000}``).
+      info: free-form JSON facts about how the model was made (a training stage, a merge).
 
     Returns:
       the manifest. Raises before anything appears at ``out`` when a stored part is incomplete
@@ -413,6 +382,7 @@ def write_model_dir(
             "config": spec.config_dict(),
             "parts": parts,
             "hf": dict(hf or {}),
+            "info": dict(info or {}),
             "created_by": created_by,
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
@@ -424,31 +394,11 @@ def write_model_dir(
 def _by_part(d: Mapping[str, Any], spec: ModelSpec) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in d.items():
-        for p in layout.expand_parts([name]):
+        for p in expand_parts([name]):
             if p not in spec.parts:
                 raise ValueError(f"part {p!r} does not exist in a {spec.kind!r} model")
             out[p] = value
     return out
-
-
-def flat_params(params: Any) -> dict[str, np.ndarray]:
-    """A ``VLModel``, an ``nnx.State`` rooted at the model, or a nested dict → ``{path: array}``."""
-    if isinstance(params, nnx.Module):
-        params = nnx.state(params, nnx.Param)
-    if isinstance(params, nnx.State):
-        return {
-            ".".join(map(str, p)): np.asarray(v.get_value() if isinstance(v, nnx.Variable) else v)
-            for p, v in nnx.to_flat_state(params)
-        }
-    if isinstance(params, Mapping):
-        out: dict[str, np.ndarray] = {}
-        for k, v in params.items():
-            if isinstance(v, (Mapping, nnx.State)):
-                out.update({f"{k}.{p}": a for p, a in flat_params(v).items()})
-            else:
-                out[str(k)] = np.asarray(v.get_value() if isinstance(v, nnx.Variable) else v)
-        return out
-    raise TypeError(f"expected a VLModel, nnx.State or nested dict, got {type(params).__name__}")
 
 
 def save_model_dir(
@@ -459,6 +409,7 @@ def save_model_dir(
     *,
     origins: Mapping[str, Any] | None = None,
     hf: Mapping[str, Any] | None = None,
+    info: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     created_by: str = "save_model_dir",
 ) -> dict[str, Any]:
@@ -491,8 +442,45 @@ def save_model_dir(
         for k, v in flat.items():
             w.emit(k, v)
 
-    return write_model_dir(out, spec, write, sources=sources, origins=origins, hf=hf,
+    return write_model_dir(out, spec, write, sources=sources, origins=origins, hf=hf, info=info,
                            created_by=created_by, overwrite=overwrite)  # fmt: skip
+
+
+def read_parts(
+    path: str, parts: Iterable[str] | None = None, **overrides: Any
+) -> tuple[ModelSpec, dict[str, np.ndarray]]:
+    """``(spec, {our path: array})`` of some parts (all by default) of any checkpoint that holds
+    them: a model directory, a HF BLIP-2 directory or a HF LLM directory (its ``llm`` part).
+
+    ``overrides`` are tower run knobs (e.g. ``qformer={"scan_layers": True}``) that choose the
+    layout the arrays come back in; stored dtypes are kept.
+    """
+    src = describe_source(path)
+    hf = None if src["kind"] == "vpgtrans" else read_json(os.path.join(src["path"], "config.json"))
+    try:
+        if src["kind"] == "vpgtrans":
+            spec = spec_from_manifest(read_manifest(path), path)
+        elif src["kind"] == "hf_blip2":
+            spec = ModelSpec.of(blip2.config_from_hf(hf))
+        else:
+            spec = ModelSpec.llm_only(llms.config_from_hf(hf, path))
+        spec = spec.replace_towers(**overrides)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    wanted = expand_parts(parts) if parts is not None else list(spec.parts)
+    missing = [p for p in wanted if p not in spec.parts]
+    if missing:
+        raise CheckpointError(f"{path}: holds no part {missing} (it holds {list(spec.parts)})")
+    flat: dict[str, np.ndarray] = {}
+    for part in wanted:
+        reader = (
+            part_tensors(path, part, spec)
+            if src["kind"] == "vpgtrans"
+            else source_part_tensors(src, part, spec)
+        )
+        for chunk in reader:
+            flat.update(chunk)
+    return spec, flat
 
 
 def load_params(path: str, parts: Iterable[str] | None = None, **overrides: Any) -> dict:
@@ -500,17 +488,14 @@ def load_params(path: str, parts: Iterable[str] | None = None, **overrides: Any)
 
     Use it to restore some parts into an existing model, e.g. the trainable ones of a stage.
     """
-    spec = read_spec(path, **overrides)
-    wanted = layout.expand_parts(parts) if parts is not None else list(spec.parts)
+    _, flat = read_parts(path, parts, **overrides)
     tree: dict = {}
-    for part in wanted:
-        for chunk in part_tensors(path, part, spec):
-            for k, v in chunk.items():
-                node = tree
-                keys = [int(x) if x.isdigit() else x for x in k.split(".")]
-                for key in keys[:-1]:
-                    node = node.setdefault(key, {})
-                node[keys[-1]] = v
+    for k, v in flat.items():
+        node = tree
+        keys = [int(x) if x.isdigit() else x for x in k.split(".")]
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = v
     return tree
 
 
@@ -527,17 +512,12 @@ def load_model_dir(
     ``remat_policy``); with ``mesh`` each parameter is placed on it as it is filled.
     """
     cfg = read_config(path, **overrides)
-    spec = ModelSpec.of(cfg)
-    abstract_model = weights.abstract(lambda: VLModel(cfg, rngs=_rngs()))
-    flat: dict[str, np.ndarray] = {}
-    for part in spec.parts:
-        for chunk in part_tensors(path, part, spec):
-            flat.update(chunk)
+    abstract_model = abstract(lambda: VLModel(cfg, rngs=nnx.Rngs(params=jax.random.key(0))))
+    _, flat = read_parts(path, **overrides)
     shardings = None
     if mesh is not None:
         shardings = sharding.state_shardings(nnx.state(abstract_model), mesh, rules)
-    return weights.fill_abstract(abstract_model, store.nest(flat), source=path,
-                                 shardings=shardings)  # fmt: skip
+    return fill_abstract(abstract_model, flat, source=path, shardings=shardings)
 
 
 __all__ = [
@@ -545,12 +525,16 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "ModelSpec",
+    "architecture",
     "save_model_dir",
     "load_model_dir",
     "load_params",
+    "read_parts",
     "read_config",
     "read_manifest",
+    "read_spec",
     "describe_source",
     "write_model_dir",
     "part_tensors",
+    "open_hf_llm",
 ]

@@ -25,8 +25,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from vpgtrans_jax.data import synthetic
-from vpgtrans_jax.data.local_tokenizer import train_tokenizer
+from vpgtrans_jax.tiny import scenes as synthetic
+from vpgtrans_jax.tiny.tokenizer import train_tokenizer
 
 SPLITS = ("train", "val", "test")
 # Prompt pieces the training and eval code feed the LLM; in the tokenizer corpus so they

@@ -1,28 +1,34 @@
-"""The four conversions behind ``convert/*.py``: HF/LAVIS → model directory → HF/LAVIS."""
+"""The conversions behind ``convert/*.py``: HF/LAVIS → model directory → HF/LAVIS, and our LLM
+as a Hugging Face causal-LM directory."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-from vpgtrans_jax.checkpoint_io import CheckpointError, read_json
-from vpgtrans_jax.convert import hf_out, layout, model_dir, store
-from vpgtrans_jax.convert.model_dir import ModelSpec
-from vpgtrans_jax.convert.sources import (
+from vpgtrans_jax.checkpoint import lavis, model_dir, store
+from vpgtrans_jax.checkpoint.engine import export_tensors, import_tensors
+from vpgtrans_jax.checkpoint.hf import blip2, llms, qformer, vit
+from vpgtrans_jax.checkpoint.model_dir import ModelSpec
+from vpgtrans_jax.checkpoint.safetensors import ShardedSafetensorsWriter, write_safetensors
+from vpgtrans_jax.checkpoint.sources import (
     ChainSource,
     MappingSource,
     RenamedSource,
     load_torch_pickle,
     open_hf_weights,
+    read_json,
 )
-from vpgtrans_jax.convert.stream import export_tensors, import_tensors
-from vpgtrans_jax.loading import hf_blip2_rules, is_unused_hf_blip2_key
+from vpgtrans_jax.errors import CheckpointError
+from vpgtrans_jax.models.parts import VPG_PARTS
 from vpgtrans_jax.models.qformer import QFormerConfig
 from vpgtrans_jax.models.vit import VisionConfig
 from vpgtrans_jax.models.vl_model import VLConfig
@@ -65,28 +71,28 @@ def hf_to_orbax(
     if not os.path.isdir(src):
         raise CheckpointError(f"{src}: not a directory")
     hf = read_json(cfg_path)
-    model_type = hf.get("model_type")
+    model_type = hf.get("model_type") if isinstance(hf, dict) else None
     over = dict(param_dtype=dtype, scan_layers=scan_layers)
-    if model_type in ("blip-2", "blip_2"):
+    if blip2.is_blip2(hf):
         try:
-            cfg = VLConfig.from_hf(hf, **over)
-        except ValueError as e:
+            cfg = blip2.config_from_hf(hf, **over)
+        except (TypeError, ValueError) as e:
             raise CheckpointError(f"{cfg_path}: {e}") from e
         spec = ModelSpec.of(cfg)
         source = open_hf_weights(src)
-        rules = hf_blip2_rules(cfg)
-        optional = lambda k: is_unused_hf_blip2_key(k, cfg)
+        rules = blip2.weight_rules(cfg)
+        optional = lambda k: blip2.is_unused_key(k, cfg)  # noqa: E731
         kind, extra = "hf_blip2", {"image_token_index": hf.get("image_token_index")}
-    elif model_type in model_dir.HF_LLM_TYPES:
-        spec = ModelSpec.llm_only(model_dir.llm_config_from_hf(hf, cfg_path, **over))
+    elif llms.family_of_model_type(model_type) is not None:
+        spec = ModelSpec.llm_only(llms.config_from_hf(hf, cfg_path, **over))
         source = model_dir.open_hf_llm(src)
-        rules = model_dir.llm_rules(spec.llm)
-        optional = lambda k: layout.llm_module(spec.llm_type).is_unused_hf_key(k)
+        rules = llms.weight_rules(spec.llm, "llm.")
+        optional = lambda k: llms.is_unused_key(spec.llm, k)  # noqa: E731
         kind, extra = "hf_llm", {}
     else:
         raise CheckpointError(
             f"{cfg_path}: model_type {model_type!r} cannot be converted; expected a BLIP-2 "
-            f"directory ('blip-2') or an LLM ({sorted(model_dir.HF_LLM_TYPES)})"
+            f"directory ('blip-2') or an LLM ({sorted(llms.MODEL_TYPE_FAMILY)})"
         )
     expected = spec.expected()
 
@@ -126,8 +132,10 @@ def vpg_configs(path: str | None, **over: Any) -> tuple[VisionConfig, QFormerCon
         return VisionConfig.eva_vit_g(**over), QFormerConfig(**over)
     d = read_json(path)
     try:
-        if d.get("model_type") in ("blip-2", "blip_2"):
-            return VisionConfig.from_hf(d, **over), QFormerConfig.from_hf(d, **over)
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+        if blip2.is_blip2(d):
+            return vit.config_from_hf(d, **over), qformer.config_from_hf(d, **over)
         d = d.get("config", d)
         if not isinstance(d.get("vision"), dict) or not isinstance(d.get("qformer"), dict):
             raise ValueError("needs 'vision' and 'qformer' objects")
@@ -180,9 +188,7 @@ def lavis_to_orbax(
     if llm_src["kind"] == "hf_blip2":
         raise CheckpointError(f"{llm}: --llm must be an LLM directory, got a BLIP-2 directory")
     if llm_src["kind"] == "hf_llm":
-        llm_cfg = model_dir.llm_config_from_hf(
-            read_json(os.path.join(llm, "config.json")), llm, **over
-        )
+        llm_cfg = llms.config_from_hf(read_json(os.path.join(llm, "config.json")), llm, **over)
     else:
         llm_cfg = dataclasses.replace(model_dir.read_spec(llm).llm, **over)
     vision, qformer = vpg_configs(vpg_config, **over)
@@ -223,10 +229,10 @@ def lavis_to_orbax(
             "frozen ViT): pass --vit eva_vit_g.pth"
         )
     spec = ModelSpec.of(cfg)
-    rules = layout.lavis_rules(cfg, ["vision", *layout.VPG_PARTS], proj)
+    rules = lavis.lavis_rules(cfg, ["vision", *VPG_PARTS], proj)
     patterns = [re.compile(p) for p in allow_unexpected]
     optional = lambda k: (
-        layout.is_optional_lavis_key(k, cfg) or any(p.fullmatch(k) for p in patterns)
+        lavis.is_optional_lavis_key(k, cfg) or any(p.fullmatch(k) for p in patterns)
     )
     expected = spec.expected()
     skipped: list[str] = []
@@ -241,7 +247,7 @@ def lavis_to_orbax(
             for k, v in chunk.items():
                 w.emit(k, v.astype(expected[k][1], copy=False))
 
-    origins = {"vision": vit_from, **{p: src for p in layout.VPG_PARTS}}
+    origins = {"vision": vit_from, **{p: src for p in VPG_PARTS}}
     refs = {"llm": llm_src["path"]} if reference_llm else {}
     if not reference_llm:
         origins["llm"] = llm_src["path"]
@@ -294,14 +300,15 @@ def orbax_to_hf(
             f"{src} records no image_token_index (it did not come from a HF BLIP-2): pass "
             "--image-token-index ID, the id of the image placeholder token of your tokenizer"
         )
-    config = hf_out.hf_blip2_config(cfg, image_token_index)
+    try:
+        config = blip2.config_to_hf(cfg, image_token_index)
+    except ValueError as e:
+        raise CheckpointError(f"{src}: {e}") from e
     if cfg.ln_vision_eps != cfg.vision.layer_norm_eps:
         log(f"note: ln_vision eps {cfg.ln_vision_eps} is written as {cfg.vision.layer_norm_eps}: "
             "HF's post_layernorm shares the ViT's layer_norm_eps")  # fmt: skip
-    import json
-
     with store.atomic_output(out, overwrite=overwrite) as tmp:
-        writer = hf_out.ShardedSafetensorsWriter(tmp, max_shard_bytes)
+        writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
         for key, a in _stored_tensors(src, spec, spec.parts):
             writer.add(key, a if cast is None else a.astype(cast))
         shards = writer.close()
@@ -321,7 +328,7 @@ def orbax_to_lavis(
     log: Log = print,
 ) -> dict[str, Any]:
     """The trainable parts of a VL model directory → a LAVIS/VPGTrans ``{"model": state_dict}``."""
-    import torch
+    import torch  # lazy: torch is optional; only the LAVIS formats (pickles) need it
 
     cast = _dtype(dtype)
     spec = model_dir.read_spec(src)
@@ -329,21 +336,50 @@ def orbax_to_lavis(
         raise CheckpointError(f"{src}: holds only an LLM; there is no VPG to export")
     m = model_dir.read_manifest(src)
     proj = proj_name or (m.get("hf") or {}).get("lavis_projector")
-    proj = proj or {"opt": "opt_proj", "llama": "llama_proj"}[spec.llm_type]
-    if proj not in layout.PROJ_NAMES:
-        raise ValueError(f"projector name {proj!r} is not one of {layout.PROJ_NAMES}")
+    proj = proj or lavis.projector_name(spec.vl)
+    if proj not in lavis.PROJ_NAMES:
+        raise ValueError(f"projector name {proj!r} is not one of {lavis.PROJ_NAMES}")
     sd: dict[str, Any] = {}
-    for key, a in _stored_tensors(src, spec, layout.VPG_PARTS):
+    for key, a in _stored_tensors(src, spec, VPG_PARTS):
         a = a if cast is None else a.astype(cast)
         if a.dtype == np.dtype(ml_dtypes.bfloat16):
             t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
         else:
             t = torch.from_numpy(np.ascontiguousarray(a))
-        sd[layout.hf_to_lavis_key(key, proj)] = t
+        sd[lavis.hf_to_lavis_key(key, proj)] = t
     with store.atomic_output(out, overwrite=overwrite, is_dir=False) as tmp:
         torch.save({"model": sd}, tmp)
-    log(f"wrote {out}: {len(sd)} tensors ({', '.join(layout.VPG_PARTS)}; projector {proj})")
+    log(f"wrote {out}: {len(sd)} tensors ({', '.join(VPG_PARTS)}; projector {proj})")
     return sd
 
 
-__all__ = ["hf_to_orbax", "lavis_to_orbax", "orbax_to_hf", "orbax_to_lavis", "vpg_configs"]
+# ---- our LLM → Hugging Face causal-LM directory --------------------------------------------------
+
+
+def llm_to_hf(
+    src: str, out: str, *, tokenizer_dir: str | None = None, overwrite: bool = False
+) -> str:
+    """The LLM of a model directory (or of any checkpoint holding one) → a HF causal-LM directory
+    (``config.json`` + ``model.safetensors`` + the tokenizer files of ``tokenizer_dir``) that
+    ``AutoModelForCausalLM.from_pretrained`` opens."""
+    spec, flat = model_dir.read_parts(src, ["llm"])
+    tensors = dict(export_tensors(flat.items(), llms.weight_rules(spec.llm, "llm.")))
+    hf_config = {**llms.config_to_hf(spec.llm), "torch_dtype": "float32"}
+    with store.atomic_output(out, overwrite=overwrite) as tmp:
+        write_safetensors(os.path.join(tmp, "model.safetensors"), tensors)
+        for name in os.listdir(tokenizer_dir) if tokenizer_dir else []:
+            if os.path.isfile(os.path.join(tokenizer_dir, name)):
+                shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(tmp, name))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_config, f, indent=2)
+    return out
+
+
+__all__ = [
+    "hf_to_orbax",
+    "lavis_to_orbax",
+    "orbax_to_hf",
+    "orbax_to_lavis",
+    "vpg_configs",
+    "llm_to_hf",
+]

@@ -12,14 +12,16 @@ from __future__ import annotations
 import abc
 import json
 import os
+import pickle
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-from vpgtrans_jax.checkpoint_io import CheckpointError
-from vpgtrans_jax.checkpoint_io import SafetensorsFile as SafetensorsFileReader
+from vpgtrans_jax.checkpoint.safetensors import SafetensorsFile
+from vpgtrans_jax.errors import CheckpointError
 
 
 class TensorSource(abc.ABC):
@@ -46,6 +48,9 @@ class TensorSource(abc.ABC):
     def keys(self) -> list[str]:
         return [k for _, ks in self.shards() for k in ks]
 
+    def __contains__(self, key: object) -> bool:  # without reading the tensor
+        return key in self.shard_of()
+
     def shard_of(self) -> dict[str, str]:
         return {k: s for s, ks in self.shards() for k in ks}
 
@@ -65,13 +70,13 @@ class SafetensorsDir(TensorSource):
             self._keys = {"model.safetensors": list(self._open("model.safetensors").entries)}
         self._where = {k: s for s, ks in self._keys.items() for k in ks}
         self.random_access = True
-        self._files: dict[str, SafetensorsFileReader] = {}
+        self._files: dict[str, SafetensorsFile] = {}
 
-    def _open(self, shard: str) -> SafetensorsFileReader:
+    def _open(self, shard: str) -> SafetensorsFile:
         path = os.path.join(self.name, shard)
         if not os.path.exists(path):
             raise CheckpointError(f"{path}: shard named in the index is missing")
-        return SafetensorsFileReader(path)
+        return SafetensorsFile(path)
 
     def shards(self) -> list[tuple[str, list[str]]]:
         return [(s, self._keys[s]) for s in self._order]
@@ -217,6 +222,19 @@ def open_hf_weights(directory: str) -> TensorSource:
     )
 
 
+def read_json(path: str) -> Any:
+    """A JSON file's contents; a missing or malformed file is one CheckpointError line."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: missing") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+
+
 def _read_index(path: str) -> dict[str, str]:
     try:
         with open(path) as f:
@@ -234,11 +252,9 @@ def load_torch_pickle(path: str) -> Mapping[str, Any]:
     A pickle that needs code execution (classes, functions) is refused, never executed.
     """
     try:
-        import torch
+        import torch  # lazy: torch is optional; only pickled checkpoints need it
     except ImportError as e:
         raise CheckpointError(f"{path}: reading a torch pickle needs torch installed") from e
-    import pickle
-    import zipfile
 
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
@@ -263,7 +279,7 @@ def load_torch_pickle(path: str) -> Mapping[str, Any]:
 def torch_to_numpy(t: Any, where: str) -> np.ndarray:
     """A torch tensor (any float dtype incl. bfloat16) or array-like → numpy, dtype preserved."""
     if hasattr(t, "detach"):
-        import torch
+        import torch  # lazy: only reached with a torch tensor in hand
 
         t = t.detach().cpu()
         # Copies, so no array outlives the (possibly memory-mapped) shard it came from.
@@ -272,6 +288,8 @@ def torch_to_numpy(t: Any, where: str) -> np.ndarray:
         return t.numpy().copy()
     if isinstance(t, np.ndarray):
         return t
+    if hasattr(t, "__array__"):  # jax arrays and other array-likes
+        return np.asarray(t)
     raise CheckpointError(f"{where}: expected a tensor, got {type(t).__name__}")
 
 
@@ -285,4 +303,5 @@ __all__ = [
     "open_hf_weights",
     "load_torch_pickle",
     "torch_to_numpy",
+    "read_json",
 ]

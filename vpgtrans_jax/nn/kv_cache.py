@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from vpgtrans_jax import sharding
-from vpgtrans_jax.attention import causal_padding_mask, dot_product_attention
+from vpgtrans_jax.nn.attention import causal_padding_mask, dot_product_attention
 
 CACHE_AXES = ("layers", "cache_batch", "cache_heads", "cache_length", "head_dim")
 

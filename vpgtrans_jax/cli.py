@@ -1,0 +1,98 @@
+"""What every command-line tool shares: absl flags, console logging, one-line errors.
+
+Every script under ``scripts/`` and ``convert/`` defines its flags with absl (``config_flags`` for
+the config-driven ones) and ends with ``cli.run(main)``. A user's mistake — any
+``vpgtrans_jax.errors.VPGTransError``, a ``ValueError`` from validation, a missing or unwritable
+file — prints ``error: <what> (<file/field>)`` on stderr and exits with status 2, and so does a
+bad flag; ``--debug`` shows the traceback instead. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from vpgtrans_jax.errors import VPGTransError
+
+_DEBUG = flags.DEFINE_boolean("debug", False, "Show the full traceback of an error.")
+
+# Exceptions that mean "bad input", not "bug".
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    VPGTransError,
+    ValueError,
+    OSError,
+    FloatingPointError,
+)
+EXIT_USER_ERROR = 2
+
+
+def setup_logging() -> None:
+    """Our INFO messages on stderr; library chatter (orbax, grain, absl) only from WARNING up."""
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    ours = logging.getLogger("vpgtrans_jax")
+    ours.setLevel(logging.INFO)
+    if not ours.handlers:  # idempotent: tools may call it more than once in one process
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        ours.addHandler(handler)
+    ours.propagate = False
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '40KB' or a byte count → bytes (a ValueError names the bad text)."""
+    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
+    t = text.strip().upper()
+    for unit, mult in units.items():
+        number = t[: -len(unit)].strip()
+        if t.endswith(unit) and number.replace(".", "", 1).isdigit():
+            return int(float(number) * mult)
+    if t.isdigit():
+        return int(t)
+    raise ValueError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 40KB)")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    if any(a in ("--help", "-h", "--helpshort") for a in argv[1:]):
+        app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl's own exits with 1
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def error_line(e: BaseException) -> str:
+    """The one line a user sees for ``e``."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"error: {text}"
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """``absl.app.run(main)`` with the shared logging and error handling (module docstring).
+
+    ``main`` gets the positional arguments left after the flags (``argv[0]`` is the program);
+    its return value is the exit status (None = 0).
+    """
+
+    def wrapped(argv: list[str]) -> Any:
+        if len(argv) > 1:
+            print(f"error: unexpected arguments {argv[1:]} (see --help)", file=sys.stderr)
+            return EXIT_USER_ERROR
+        setup_logging()
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            if _DEBUG.value:
+                raise
+            print(error_line(e), file=sys.stderr)
+            return EXIT_USER_ERROR
+
+    app.run(wrapped, flags_parser=_parse_flags)
+
+
+__all__ = ["run", "setup_logging", "error_line", "parse_size", "USER_ERRORS", "EXIT_USER_ERROR"]

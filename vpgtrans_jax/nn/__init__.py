@@ -1,0 +1,1 @@
+"""Building blocks shared by every tower: layers, attention, layer stacks, KV caches."""
