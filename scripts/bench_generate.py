@@ -1,16 +1,6 @@
-"""Beam-search speed: our jitted KV-cache decoding vs PyTorch ``Blip2...generate``.
-
-Both run the same random BLIP-2 (tiny ViT/Q-Former, a small but not trivial OPT or LLaMA) with
-the same settings on CPU. ``min_new_tokens = max_new_tokens`` forbids EOS, so both decode exactly
-``max_new_tokens`` steps and the token ids must agree (checked). Our time excludes compilation
-(one warm-up call). The two alternate, so a change in machine load hits both, and each timed
-call follows an untimed call of the same kind (steady state, as in an evaluation loop); the
-report gives each one's median over ``--reps`` runs and the median of the per-pair ratios.
-``--threads N`` pins the process to N cores, so XLA's thread pool and torch get the same ones.
-
-Each shape also times the *matmul floor*: a loop of only the LLM's weight matmuls for the same
-rows. HF's time over the floor ("ceiling") bounds what any decoder built on XLA's matmuls could
-gain on this machine.
+"""Beam-search speed: our jitted KV-cache decoding vs PyTorch ``Blip2...generate`` on the same
+random BLIP-2, with identical token ids checked, and each shape's matmul floor and ceiling
+(method: ``vpgtrans_jax/bench/generate.py``; figures: docs/evaluation.md).
 
     python scripts/bench_generate.py                 # OPT, batch 4, 5 beams, 30 new tokens
     python scripts/bench_generate.py --llm llama --threads 2
