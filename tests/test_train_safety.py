@@ -81,6 +81,10 @@ def test_rerun_with_another_config_is_refused_and_nothing_is_lost(tmp_path, synt
     with pytest.raises(ConfigError, match=r'trainable \["projector"\] -> \["qformer"\]'):
         loop.train(other, w, progress=False)
     assert checkpointing.steps_on_disk(w) == [2]
+    # A workdir from before config.json: the config saved with the checkpoints is compared.
+    os.remove(os.path.join(w, "config.json"))
+    with pytest.raises(ConfigError, match=r'trainable \["projector"\] -> \["qformer"\]'):
+        loop.train(other, w, progress=False)
 
     # Harmless differences resume the run (nothing left to train) and are recorded.
     harmless = dict(num_steps=2, checkpoint_every=5, log_every=4, keep_checkpoints=1)
