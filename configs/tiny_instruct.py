@@ -1,7 +1,7 @@
 """Stage 3 (instruction tuning), tiny random LLaMA-style towers on the synthetic cc_sbu_align."""
 
 from vpgtrans_jax.train import config_base, presets
-from vpgtrans_jax.train.data_setup import SYNTHETIC_PLACEHOLDER
+from vpgtrans_jax.train.config_base import SYNTHETIC_PLACEHOLDER
 
 
 def get_config(arg=None):

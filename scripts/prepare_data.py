@@ -11,8 +11,8 @@ Examples::
         --image_root /data/coco/val2014 --out_prefix /data/ar/vqav2_val
 
 Images are copied byte for byte (no re-encoding). Samples whose image is missing or (with
---verify) does not decode are skipped and counted; the run fails if more than
---max_bad_fraction of them are bad (exit status 2).
+--verify) does not decode or has more than --max_image_pixels pixels are skipped and counted;
+the run fails if more than --max_bad_fraction of them are bad (exit status 2).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from absl import flags  # noqa: E402
 
 from vpgtrans_jax import cli  # noqa: E402
 from vpgtrans_jax.data.arrayrecord import convert_source  # noqa: E402
+from vpgtrans_jax.data.processors import MAX_IMAGE_PIXELS  # noqa: E402
 from vpgtrans_jax.data.registry import KINDS, make_source  # noqa: E402
 
 _KIND = flags.DEFINE_enum("kind", None, KINDS, "input format")
@@ -45,6 +46,9 @@ _IMAGE_KEY = flags.DEFINE_string("image_key", "image", "tfds: image feature")
 _TEXT_KEY = flags.DEFINE_string("text_key", "caption", "tfds: caption feature (a/b nests)")
 _VERIFY = flags.DEFINE_bool("verify", False, "decode every image, skip bad ones")
 _MAX_BAD = flags.DEFINE_float("max_bad_fraction", 0.05, "largest share of bad samples allowed")
+_MAX_PIXELS = flags.DEFINE_integer(
+    "max_image_pixels", MAX_IMAGE_PIXELS, "with --verify: larger images are bad, refused undecoded"
+)
 flags.mark_flags_as_required(["kind", "out_prefix"])
 
 
@@ -62,7 +66,8 @@ def main(argv: list[str]) -> None:
     }[_KIND.value]  # fmt: skip
     convert_source(make_source(_KIND.value, **kwargs), _OUT.value,
                    records_per_shard=_PER_SHARD.value, verify=_VERIFY.value,
-                   max_bad_fraction=_MAX_BAD.value)  # fmt: skip
+                   max_bad_fraction=_MAX_BAD.value,
+                   max_image_pixels=_MAX_PIXELS.value)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -9,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.test_data_processors import bomb_png
 from vpgtrans_jax.data import pipeline, text
 from vpgtrans_jax.data.registry import make_source
 from vpgtrans_jax.data.sources import ListSource
@@ -257,3 +259,86 @@ def test_argument_errors(captions, tok):
     gen = SampleProcessor(SampleConfig(mode="generate", text_field=None), tok)
     with pytest.raises(ValueError, match="mode='train'"):
         pipeline.train_iterator([("c", captions, 1.0)], gen, 2, shard_index=0, shard_count=1)
+
+
+# ---- per-sample prompts (docs/data.md, "Per-sample prompts") ------------------------------------
+
+TEMPLATE = "###Human: <Img><ImageHere></Img> {} ###Assistant: "
+CHAT = SampleConfig(
+    image_size=16, max_len=64, prompt=TEMPLATE, text_processor="none", end="###",
+    instructions=("Describe this image in detail.", "What do you notice?"),
+)  # fmt: skip
+
+
+def _row(cfg, tok, record, seed=0):
+    return SampleProcessor(cfg, tok).random_map(record, np.random.default_rng(seed))
+
+
+def test_a_sample_prompt_replaces_a_plain_prompt_and_is_loss_masked(captions, tok):
+    rec = {**captions[0], "prompt": "Question: what is in the picture? Answer:"}
+    for cfg in (CFG, SampleConfig(image_size=16, max_len=24, prompt="a photo of")):
+        row = _row(cfg, tok, rec)
+        want = text.encode_train(tok, rec["text"], 24, rec["prompt"])
+        assert not row["_bad"]
+        for k in ("input_ids", "attention_mask", "labels"):
+            np.testing.assert_array_equal(row[k], want[k])
+    prompt_len = len(tok(rec["prompt"])["input_ids"])
+    assert (row["labels"][:prompt_len] == text.IGNORE_INDEX).all()
+    assert (row["labels"][prompt_len:][row["attention_mask"][prompt_len:] == 1] >= 0).all()
+    # Without a prompt of its own, the config's prompt is used.
+    plain = _row(SampleConfig(image_size=16, max_len=24, prompt="a photo of"), tok, captions[0])
+    want = text.encode_train(tok, captions[0]["text"], 24, "a photo of")
+    np.testing.assert_array_equal(plain["input_ids"], want["input_ids"])
+
+
+def test_instruction_fills_the_template_else_one_of_the_config_list(captions, tok):
+    rec = {**captions[0], "text": "A red circle."}
+    own = _row(CHAT, tok, {**rec, "instruction": "Is it round?"})
+    filled = TEMPLATE.replace("{}", "Is it round?")
+    want = text.encode_train(tok, "A red circle.", 64, filled, "###")
+    for k in ("input_ids", "labels", "image_offset"):
+        np.testing.assert_array_equal(own[k], want[k])
+    chosen = {}
+    for seed in range(12):
+        row = _row(CHAT, tok, rec, seed)
+        encoded = {
+            i: text.encode_train(tok, rec["text"], 64, TEMPLATE.replace("{}", i), "###")
+            for i in CHAT.instructions
+        }
+        picks = [i for i, e in encoded.items() if np.array_equal(row["input_ids"], e["input_ids"])]
+        assert len(picks) == 1
+        chosen[seed] = picks[0]
+        again = _row(CHAT, tok, rec, seed)  # deterministic per generator (seed, element)
+        np.testing.assert_array_equal(again["input_ids"], row["input_ids"])
+    assert set(chosen.values()) == set(CHAT.instructions)
+    # The image augmentation draws come first, unchanged by the instruction draw.
+    plain = SampleConfig(image_size=16, max_len=64, text_processor="none", end="###")
+    np.testing.assert_array_equal(_row(CHAT, tok, rec, 3)["pixel_values"],
+                                  _row(plain, tok, rec, 3)["pixel_values"])  # fmt: skip
+    bare = dataclasses.replace(CHAT, instructions=())
+    assert "needs an instruction" in _row(bare, tok, rec)["_bad"]
+    assert "must be a string" in _row(CHAT, tok, {**rec, "prompt": 3})["_bad"]
+
+
+def test_instruction_choice_resumes_exactly(captions, tok):
+    src = ListSource([{**captions[i], "text": f"caption {i}."} for i in range(20)])
+    _resume_check(lambda: _train([("c", src, 1.0)], tok, CHAT, batch_size=4, seed=2), 3, 3)
+
+
+def test_samples_with_and_without_image_placeholder_share_a_batch(captions, tok):
+    own = "###Human: <Img><ImageHere></Img> what is it? ###Assistant: "
+    src = ListSource([{**captions[i], **({"prompt": own} if i % 2 else {})} for i in range(8)])
+    b = next(_train([("c", src, 1.0)], tok, SampleConfig(image_size=16, max_len=40), batch_size=8))
+    offsets = {int(o) for o in b["image_offset"]}
+    assert 0 in offsets and len(offsets) == 2  # soft prompt first where there is no placeholder
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_oversized_images_are_bad_samples(captions, tok):
+    bomb = {**captions[0], "image": bomb_png(), "image_path": None, "key": "bomb"}
+    src = ListSource([bomb] + [captions[i] for i in range(1, 10)])
+    it = _train([("c", src, 1.0)], tok, batch_size=9, max_bad_fraction=0.5)
+    next(it)
+    assert it.metrics()["data/bad"] == 1
+    small = SampleConfig(image_size=16, max_len=24, max_image_pixels=100)
+    assert "more than max_image_pixels=100" in _row(small, tok, captions[1])["_bad"]

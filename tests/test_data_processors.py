@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from vpgtrans_jax.data import processors as P
+from vpgtrans_jax.errors import DataError
 
 
 class ScriptedRng:
@@ -101,6 +104,46 @@ def test_eval_transform():
         (np.arange(16).reshape(4, 4) * 16 / 255 - P.CLIP_MEAN[0]) / P.CLIP_STD[0],
         atol=1e-5,
     )
+
+
+def bomb_png(width: int = 13000, height: int = 13000) -> bytes:
+    """A PNG of a few hundred bytes whose header claims ``width`` x ``height`` RGB pixels (a
+    decompression bomb: decoding it would take width * height * 3 bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (1 + 3 * width) * 2)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(self):
+        decoded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png())
+    assert path.stat().st_size < 2000 and Image.open(path).size == (13000, 13000)
+    for image in (str(path), path.read_bytes()):
+        with pytest.raises(DataError, match=r"13000x13000 = 169000000 pixels, more than "):
+            P.load_image(image)
+        with pytest.raises(DataError, match="max_image_pixels=1000"):
+            P.blip_image_eval(image, 8, max_pixels=1000)
+    assert decoded == []  # refused from the header: no pixel was decoded
+    small = _png(np.zeros((40, 30, 3), np.uint8))
+    assert P.load_image(small, max_pixels=1200).size == (30, 40)  # the limit itself is fine
+    with pytest.raises(DataError, match="1200 pixels, more than max_image_pixels=1199"):
+        P.load_image(small, max_pixels=1199)
+    assert set(decoded) == {(30, 40)}
 
 
 def test_load_image_errors(tmp_path):

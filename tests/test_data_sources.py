@@ -229,3 +229,65 @@ def test_tfds_via_mock_data():
             make_source("tfds", name="vpg_tiny_captions", split="train", text_key="captions/text")[
                 0
             ]
+
+
+def test_per_sample_prompt_fields_reach_the_records(syn, tmp_path):
+    import io
+    import tarfile
+
+    ann = json.load(open(_ann(syn, "caption_train.json")))[:2]
+    ann[0]["prompt"] = "Question: what is it? Answer:"
+    ann[1]["instruction"] = "Describe it."
+    (tmp_path / "c.json").write_text(json.dumps(ann))
+    cap = make_source("lavis_caption", ann_paths=str(tmp_path / "c.json"), image_root="")
+    assert cap[0]["prompt"] == ann[0]["prompt"] and "instruction" not in cap[0]
+    assert cap[1]["instruction"] == "Describe it." and "prompt" not in cap[1]
+
+    os.makedirs(tmp_path / "cc" / "image")
+    (tmp_path / "cc" / "filter_cap.json").write_text(json.dumps(
+        {"annotations": [{"image_id": "1", "caption": "x", "instruction": "What is odd?"}]}
+    ))  # fmt: skip
+    assert make_source("cc_sbu_align", root=str(tmp_path / "cc"))[0]["instruction"] == (
+        "What is odd?"
+    )
+    questions = json.load(open(_ann(syn, "vqa_val_questions.json")))
+    questions["questions"][0]["prompt"] = "Q: {} A:"
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    vqa = make_source("vqa", questions_path=str(tmp_path / "q.json"), annotations_path=None,
+                      image_root="")  # fmt: skip
+    assert vqa[0]["prompt"] == "Q: {} A:" and "prompt" not in vqa[1]
+    (tmp_path / "g.json").write_text(json.dumps([{"image": "a.jpg", "question": "q?",
+                                                  "prompt": "Short answer: {}"}]))  # fmt: skip
+    assert make_source("gqa", questions_path=str(tmp_path / "g.json"), image_root="")[0][
+        "prompt"
+    ] == ("Short answer: {}")
+    with tarfile.open(tmp_path / "w-0.tar", "w") as tar:
+        data = json.dumps({"caption": "c", "prompt": "a photo of"}).encode()
+        info = tarfile.TarInfo("k.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert make_source("webdataset", shards=str(tmp_path / "w-0.tar"))[0]["prompt"] == "a photo of"
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_prepare_data_verify_counts_oversized_images(syn, tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    from tests.test_data_processors import bomb_png
+    from vpgtrans_jax.data.sources import ListSource
+
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or real_load(self)
+    )
+    good = open(os.path.join(syn, "images", "train", "000000.jpg"), "rb").read()
+    src = ListSource([{"image": good, "key": f"g{i}", "text": "t"} for i in range(9)]
+                     + [{"image": bomb_png(), "key": "bomb", "text": "t"}])  # fmt: skip
+    with pytest.raises(arrayrecord.BadDataError, match="1 of 10 samples were bad"):
+        arrayrecord.convert_source(src, str(tmp_path / "ar" / "x"), verify=True,
+                                   max_bad_fraction=0.05)  # fmt: skip
+    paths = arrayrecord.convert_source(src, str(tmp_path / "ar2" / "x"), verify=True,
+                                       max_bad_fraction=0.2)  # fmt: skip
+    assert len(make_source("arrayrecord", paths=paths)) == 9
+    assert (13000, 13000) not in decoded

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.scripts_util import run_script
+from vpgtrans_jax.errors import DataError
 from vpgtrans_jax.tiny import scenes as synthetic
 from vpgtrans_jax.tiny.dataset import generate
 
@@ -188,3 +190,69 @@ def test_script_help_and_run(tmp_path):
     assert manifest["splits"]["train"]["images"] == 2 and not (out / "tokenizer").exists()
     r = subprocess.run(cmd[:-2] + ["--num_images", "0"], capture_output=True, text=True)
     assert r.returncode != 0 and "num_images must be >= 1" in r.stderr
+
+
+def test_rerun_into_the_same_directory_leaves_no_stale_files(tmp_path):
+    out = str(tmp_path / "syn")
+    generate(out, 12, seed=1, image_size=32, shard_size=2, write_tokenizer=False)
+    assert len(os.listdir(os.path.join(out, "webdataset"))) == 5  # 10 train images
+    # The same directory again, fewer and larger shards: only the new run's files remain.
+    generate(out, 12, seed=1, image_size=32, shard_size=100, write_tokenizer=False)
+    assert os.listdir(os.path.join(out, "webdataset")) == ["train-00000.tar"]
+    fresh = str(tmp_path / "fresh")
+    generate(fresh, 12, seed=1, image_size=32, shard_size=100, write_tokenizer=False)
+    assert _tree_digest(out) == _tree_digest(fresh)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporaries left
+
+
+def test_a_foreign_non_empty_directory_is_refused_untouched(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"is not empty and not a synthetic dataset .*notes\.txt"):
+        generate(str(tmp_path), 6, image_size=32, write_tokenizer=False)
+    assert os.listdir(tmp_path) == ["notes.txt"]
+    # A file of the user's inside an earlier dataset makes it foreign too.
+    out = tmp_path / "syn"
+    generate(str(out), 6, image_size=32, write_tokenizer=False)
+    (out / "mine.json").write_text("{}")
+    with pytest.raises(DataError, match="mine.json"):
+        generate(str(out), 6, image_size=32, write_tokenizer=False)
+    assert (out / "mine.json").exists()
+
+
+def test_output_directories_have_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        generate(str(tmp_path / "syn"), 6, image_size=32, write_tokenizer=False)
+    finally:
+        os.umask(old)
+    for d, _, _ in os.walk(tmp_path / "syn"):
+        assert os.stat(d).st_mode & 0o777 == 0o755, d
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--image_size=0"], "image_size must be >= 16, got 0"),
+        (["--image_size=-5"], "image_size must be >= 16"),
+        (["--max_objects=0"], "max_objects must be >= 1"),
+        (["--max_objects=20"], "max_objects must be <= 9"),
+        (["--val_fraction=2"], "val_fraction must be in [0, 1)"),
+        (["--val_fraction=-0.5"], "val_fraction must be in [0, 1)"),
+        (["--questions_per_image=-1"], "questions_per_image must be >= 1"),
+        (["--vocab_size=3"], "vocab_size must be >= 260"),
+        (["--shard_size=0"], "shard_size must be >= 1"),
+        (["--seed=-1"], "seed must be >= 0"),
+        (["--num_images=abc"], "flag --num_images=abc"),
+        (["--out=FILE"], "is a file"),
+    ],
+)
+def test_script_bad_arguments_are_one_error_line(args, message, tmp_path):
+    (tmp_path / "file").write_text("x")
+    args = [a.replace("FILE", str(tmp_path / "file")) for a in args]
+    out = run_script(
+        "scripts/make_synthetic_data.py", f"--out={tmp_path / 's'}", "--num_images=6", *args
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "s").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,9 +16,11 @@ import pytest
 
 import vpgtrans_jax
 from tests import torch_reference as F
+from tests.test_data_processors import bomb_png
 from vpgtrans_jax.data import text as text_lib
 from vpgtrans_jax.data.processors import blip_image_eval
 from vpgtrans_jax.data.text import load_tokenizer
+from vpgtrans_jax.errors import BadDataError
 from vpgtrans_jax.eval import runner
 from vpgtrans_jax.eval.scoring import score_files
 from vpgtrans_jax.generation import (
@@ -248,3 +251,120 @@ def test_cli_errors(env, tmp_path):
     )
     assert out.returncode != 0
     assert "--config.data.annotations is required for task 'gqa'" in out.stderr
+
+
+def _copied_images(env, tmp_path) -> str:
+    root = tmp_path / "images"
+    shutil.copytree(os.path.join(env["data"], "images"), root)
+    return str(root)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_bad_images_are_skipped_counted_and_reported(env, tmp_path, capsys):
+    """One missing and one oversized image (2 questions each) of 3: the other answers are
+    written and scored, the 4 bad samples counted in the metrics and the summary."""
+    cfg = _config(env, "vqav2", **_vqa_paths(env, "val"))
+    reference = evaluate_script.evaluate(cfg, str(tmp_path / "ref"))
+    ref = json.loads((tmp_path / "ref" / "predictions_vqav2.json").read_text())
+    assert reference["bad_samples"] == {"count": 0, "of": 6, "examples": []}
+
+    cfg.data.image_root = _copied_images(env, tmp_path)
+    source = evaluate_script.make_source(cfg)
+    paths = sorted({source[i]["image_path"] for i in range(len(source))})
+    os.remove(paths[0])
+    with open(paths[1], "wb") as f:
+        f.write(bomb_png())
+    with pytest.raises(BadDataError, match=r"4 of 6 samples were bad .*max_bad_fraction=0.05"):
+        evaluate_script.evaluate(cfg, str(tmp_path / "strict"))
+    cfg.max_bad_fraction = 0.9
+    metrics = evaluate_script.evaluate(cfg, str(tmp_path / "out"))
+    preds = json.loads((tmp_path / "out" / "predictions_vqav2.json").read_text())
+    kept = [source[i]["question_id"] for i in range(6) if source[i]["image_path"] == paths[2]]
+    assert [p["question_id"] for p in preds] == kept
+    assert preds == [p for p in ref if p["question_id"] in kept]  # same answers as before
+    bad = metrics["bad_samples"]
+    assert bad["count"] == 4 and bad["of"] == 6 and metrics["num_questions"] == 2
+    reasons = " ".join(e["reason"] for e in bad["examples"])
+    assert "FileNotFoundError" in reasons and "more than max_image_pixels" in reasons
+    written = json.loads((tmp_path / "out" / "metrics_vqav2.json").read_text())
+    assert written["bad_samples"] == bad
+    assert "skipped 4 of 6 samples" in capsys.readouterr().out
+
+
+def test_interrupted_evaluation_resumes_without_regenerating(env, tmp_path, monkeypatch):
+    cfg = _config(env, "vqav2", **_vqa_paths(env, "val"))
+    cfg.batch_size = 2  # 6 questions: 3 batches
+    evaluate_script.evaluate(cfg, str(tmp_path / "whole"))
+    whole = json.loads((tmp_path / "whole" / "predictions_vqav2.json").read_text())
+
+    real = runner.Evaluator.generate
+    calls: list[int] = []
+
+    def interrupted(self, records, pixels):
+        if len(calls) == 2:  # Ctrl-C during the third batch
+            raise KeyboardInterrupt
+        calls.append(len(records))
+        return real(self, records, pixels)
+
+    def counting(self, records, pixels):
+        calls.append(len(records))
+        return real(self, records, pixels)
+
+    monkeypatch.setattr(runner.Evaluator, "generate", interrupted)
+    w = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_script.evaluate(cfg, str(w))
+    assert not (w / "predictions_vqav2.json").exists()
+    part = w / "predictions_vqav2.part0-of-1.jsonl"
+    assert len(part.read_text().splitlines()) == 3  # the header and two completed batches
+    with open(part, "a") as f:
+        f.write('{"done": [[5, "cut sh')  # a line a kill cut short is ignored
+
+    calls.clear()
+    monkeypatch.setattr(runner.Evaluator, "generate", counting)
+    evaluate_script.evaluate(cfg, str(w))
+    assert calls == [2]  # only the last batch was generated
+    assert json.loads((w / "predictions_vqav2.json").read_text()) == whole
+    assert not list(w.glob("*.part*"))
+
+    # Another config (a different prompt) does not reuse the partial answers.
+    monkeypatch.setattr(runner.Evaluator, "generate", interrupted)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_script.evaluate(cfg, str(w))
+    cfg.prompt = "Q: {} A:"
+    calls.clear()
+    monkeypatch.setattr(runner.Evaluator, "generate", counting)
+    evaluate_script.evaluate(cfg, str(w))
+    assert calls == [2, 2, 2]
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(env, tmp_path):
+    ckpt = str(tmp_path / "small_vocab")
+    F.tiny_blip2("opt", seed=0, vocab_size=64, max_position_embeddings=128).save_pretrained(ckpt)
+    tok = load_tokenizer(env["tok"])
+    cfg = _config(env, "vqav2", **_vqa_paths(env, "val"))
+    cfg.checkpoint = ckpt
+    want = rf"tokenizer .* has {len(tok)} tokens but checkpoint {ckpt}'s LLM vocabulary has 64"
+    with pytest.raises(ValueError, match=want):
+        evaluate_script.evaluate(cfg, str(tmp_path / "out"))
+    model = vpgtrans_jax.load(ckpt)
+    with pytest.raises(ValueError, match=f"has {len(tok)} tokens but the model's LLM vocabulary"):
+        generate_text(model, tok, np.zeros((1, 224, 224, 3), np.float32), ["hi"], max_new_tokens=1)
+    text_lib.check_tokenizer_fits(tok, len(tok))  # equal sizes fit
+
+
+def test_eval_config_numbers_are_checked(env, tmp_path):
+    cfg = _config(env, "vqav2", **_vqa_paths(env, "val"))
+    for key, value in [("batch_size", 0), ("limit", -1), ("max_bad_fraction", 1.0)]:
+        bad = type(cfg)(cfg.to_dict())
+        bad[key] = value
+        with pytest.raises(ValueError, match=f"config.{key}={value!r}"):
+            evaluate_script.evaluate(bad, str(tmp_path))
+
+
+def test_a_sample_prompt_replaces_the_config_prompt(env):
+    cfg = _config(env, "vqav2", **_vqa_paths(env, "val"))
+    rec = {"question": "What colour?", "prompt": "Q: {} A:"}
+    assert evaluate_script.prompt_text(cfg, rec) == "Q: what colour? A:"
+    assert evaluate_script.prompt_text(cfg, {"question": "Why?"}) == "Question: why? Answer:"

@@ -7,6 +7,9 @@ the reference's own greedy output, so rows really do end early (and beams really
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -181,3 +184,37 @@ def test_input_errors(setup):
         generate(model, pixels, ids, mask, max_new_tokens=2, eos_token_id=10**6, pad_token_id=PAD)
     with pytest.raises(ValueError, match="pixel_values must be"):
         generate(model, pixels[:2], ids, mask, max_new_tokens=2, eos_token_id=0, pad_token_id=PAD)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(setup):
+    """They used to give NaN logits and an all-zero 'answer', exit 0."""
+    model = setup["model"]
+    pixels, ids, mask = setup["inputs"]
+    vocab = model.config.llm.vocab_size
+    kw = dict(max_new_tokens=2, eos_token_id=0, pad_token_id=PAD)
+    for bad_id, where in ((vocab, [1, 3]), (-1, [2, 4])):
+        bad = ids.copy()
+        bad[tuple(where)] = bad_id
+        want = f"token id {bad_id} at {where}, outside the LLM's vocabulary [0, {vocab})"
+        with pytest.raises(ValueError, match=re.escape(want)):
+            generate(model, pixels, bad, mask, **kw)
+    wide = ids.astype(np.int64)
+    wide[0, 4] = 2**32 + 5  # would wrap to 5 when cast to int32
+    with pytest.raises(ValueError, match="token id 4294967301"):
+        generate(model, pixels, wide, mask, **kw)
+
+
+def test_int64_inputs_do_not_warn(setup):
+    model = setup["model"]
+    pixels, ids, mask = setup["inputs"]
+    ids64, mask64 = ids.astype(np.int64), mask.astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = generate(
+            model, pixels, ids64, mask64, max_new_tokens=2, eos_token_id=0, pad_token_id=PAD
+        )
+        offsets = generate(
+            model, pixels, ids64, mask64, image_offsets=np.zeros(3, np.int64), max_new_tokens=2,
+            eos_token_id=0, pad_token_id=PAD,
+        )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(offsets))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from vpgtrans_jax.train import loop
 from vpgtrans_jax.transfer import pipeline
 from vpgtrans_jax.transfer.config_io import load_config_file
 
@@ -79,11 +81,26 @@ def test_resume_after_stopped_stage_then_complete(first_half, monkeypatch):
 
     def preempted(c, wd, progress=True):
         """Stage 2 gets SIGTERM after 5 of its steps (train saves a checkpoint and returns)."""
-        c = type(c)(c.to_dict())
-        c.num_steps = 5
-        c.export_final = False
-        summary = real_train(c, wd, progress=progress)
-        return {**summary, "total_steps": 16, "stopped_by": "SIGTERM", "export": None}
+        real_jit = loop.jit_train_step
+
+        def jit_then_sigterm(*args, **kwargs):
+            fn, calls = real_jit(*args, **kwargs), []
+
+            def step(*a):
+                out = fn(*a)
+                calls.append(1)
+                if len(calls) == 5:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return out
+
+            step.lower = fn.lower
+            return step
+
+        monkeypatch.setattr(loop, "jit_train_step", jit_then_sigterm)
+        try:
+            return real_train(c, wd, progress=progress)
+        finally:
+            monkeypatch.setattr(loop, "jit_train_step", real_jit)
 
     monkeypatch.setattr(pipeline, "train", preempted)
     stopped = pipeline.run_transfer(_tiny_config(), workdir, progress=False)

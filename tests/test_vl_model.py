@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,3 +154,34 @@ def test_soft_prompt_inside_the_text_matches_pytorch(saved):
     # Offsets of 0 are the ordinary prepended prompt.
     zero = np.asarray(model(pixels, ids, mask, image_offsets=jnp.zeros(2, jnp.int32)))
     np.testing.assert_allclose(zero, np.asarray(model(pixels, ids, mask)), atol=1e-6)
+
+
+def test_int64_inputs_do_not_warn_and_ids_are_checked(saved):
+    """An int64 attention_mask used to warn about truncation on every call."""
+    _, _, path = saved
+    model = vpgtrans_jax.load(path)
+    pixels, ids, mask = F.inputs()
+    ids64, mask64 = ids.astype(np.int64), mask.astype(np.int64)
+    labels = np.where(mask64 == 1, ids64, IGNORE_INDEX)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        logits = model(pixels, ids64, mask64)
+        loss, _ = model.loss(pixels, ids64, mask64, labels)
+        offsets = model(pixels, ids64, mask64, image_offsets=np.zeros(len(ids), np.int64))
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(model(pixels, ids, mask)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(offsets), np.asarray(logits), atol=1e-5)
+    assert np.isfinite(float(loss))
+    vocab = model.config.llm.vocab_size
+    bad = ids.copy()
+    bad[0, 1] = vocab
+    with pytest.raises(ValueError, match=rf"input_ids holds token id {vocab} at \[0, 1\]"):
+        model(pixels, bad, mask)
+    with pytest.raises(ValueError, match="input_ids holds token id -3"):
+        model.llm(np.full((1, 2), -3))
+    bad_labels = labels.copy()
+    bad_labels[1, 0] = vocab + 7
+    with pytest.raises(ValueError, match=rf"labels holds token id {vocab + 7} at \[1, 0\]"):
+        model.loss(pixels, ids, mask, bad_labels)
+    # Inside jit the ids are traced: the check stays out of the way.
+    jitted = jax.jit(lambda m, i: m(pixels, i, mask))
+    np.testing.assert_allclose(np.asarray(jitted(model, ids)), np.asarray(logits), atol=1e-5)

@@ -10,6 +10,8 @@ bad flag; ``--debug`` shows the traceback instead. Anything else is a bug and ke
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +65,43 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as e:
         print(f"error: {e} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    except (AttributeError, KeyError) as e:
+        # config_flags resolves ``--config.a.b=v`` against the locked config outside absl's own
+        # error handling, so an unknown field arrives here as a bare KeyError/AttributeError.
+        print(unknown_field_line(argv, e), file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def unknown_field_line(argv: list[str], e: BaseException) -> str:
+    """The one line for an override of a config field that does not exist.
+
+    ml_collections raises ``KeyError("'name'\\nDid you mean ...")``, sometimes wrapped in an
+    AttributeError; the override that names the field is found in ``argv``.
+    """
+    while e.args and isinstance(e.args[0], BaseException):
+        e = e.args[0]
+    lines = (str(e.args[0]) if e.args else str(e)).splitlines() or [""]
+    field = lines[0].strip("'\"")
+    close = re.search(r'Did you mean "([^"]+)"', "\n".join(lines[1:]))
+    hint = f" (did you mean {close.group(1)!r}?)" if close else ""
+    for arg in argv[1:]:
+        name = arg.lstrip("-").split("=", 1)[0]
+        prefix, _, path = name.partition(".")
+        if path and prefix in flags.FLAGS and field in path.split("."):
+            return f"error: --{name}: no such config field {field!r}{hint} (see --help)"
+    return f"error: no such config field {field!r}{hint} (see --help)"
+
+
+class _DropOrbaxErrors(logging.Filter):
+    """Orbax logs a failed background write (e.g. a full disk) with its traceback, then raises
+    the same error in the caller, where the tool prints it as one line; the log is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        in_orbax = f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+        return not (in_orbax and record.levelno >= logging.ERROR)
+
+
+_ORBAX_FILTER = _DropOrbaxErrors()
 
 
 def error_line(e: BaseException) -> str:
@@ -84,6 +122,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
             print(f"error: unexpected arguments {argv[1:]} (see --help)", file=sys.stderr)
             return EXIT_USER_ERROR
         setup_logging()
+        if not _DEBUG.value:
+            logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # a set: adding twice is a no-op
         try:
             return main(argv)
         except USER_ERRORS as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -146,11 +147,7 @@ def atomic_output(out: str, *, overwrite: bool = False, is_dir: bool = True) -> 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(out)
-    if is_dir:
-        tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    else:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.tmp-", dir=parent)
-        os.close(fd)
+    tmp = _new_temp(parent, f".{base}.tmp-", is_dir)
     try:
         yield tmp
     except BaseException:
@@ -167,6 +164,23 @@ def atomic_output(out: str, *, overwrite: bool = False, is_dir: bool = True) -> 
     except OSError as e:  # another writer created ``out`` meanwhile
         _remove(tmp)
         raise FileExistsError(f"{out} appeared while it was being written") from e
+
+
+def _new_temp(parent: str, prefix: str, is_dir: bool) -> str:
+    """A new, uniquely named directory or empty file in ``parent`` with the permissions of any
+    new file (the umask applies). ``tempfile``'s are private (0700 / 0600), and the output keeps
+    the temporary's mode when it is renamed into place."""
+    for _ in range(100):
+        path = os.path.join(parent, prefix + secrets.token_hex(4))
+        try:
+            if is_dir:
+                os.mkdir(path)
+            else:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name {prefix}* in {parent}")
 
 
 def _remove(path: str) -> None:

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from vpgtrans_jax.data.processors import load_image
+from vpgtrans_jax.data.processors import MAX_IMAGE_PIXELS, load_image
 from vpgtrans_jax.data.webdataset import expand_shards
 from vpgtrans_jax.errors import BadDataError
 
@@ -106,12 +106,14 @@ def convert_source(
     records_per_shard: int = 10_000,
     verify: bool = False,
     max_bad_fraction: float = 0.05,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> list[str]:
     """Copies every record of a data source into ArrayRecord shards (``scripts/prepare_data.py``).
 
     Images are copied byte for byte. A record whose image is missing or (with ``verify``) does
-    not decode is skipped and counted; more than ``max_bad_fraction`` of them is a
-    ``BadDataError`` (after writing what was good). Returns the shard paths.
+    not decode, or is larger than ``max_image_pixels`` (refused from its header, never decoded),
+    is skipped and counted; more than ``max_bad_fraction`` of them is a ``BadDataError`` (after
+    writing what was good). Returns the shard paths.
     """
     stats = {"bad": 0, "written": 0}
 
@@ -123,7 +125,7 @@ def convert_source(
                     with open(rec["image_path"], "rb") as f:
                         rec["image"] = f.read()
                 if verify:
-                    load_image(rec["image"])
+                    load_image(rec["image"], max_image_pixels)
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the conversion
                 stats["bad"] += 1
                 if stats["bad"] <= 20:

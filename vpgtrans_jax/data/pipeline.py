@@ -60,6 +60,9 @@ class _Tag(grain.transforms.Map):
 
 def _collate_rows(rows: list[dict[str, Any]], buckets: Sequence[int] | None, left: bool) -> dict:
     """Collates processed rows: arrays stacked (bucketed), meta fields as object/int arrays."""
+    if any("image_offset" in r for r in rows):
+        # Samples whose own prompt has no <ImageHere> put the soft prompt first: offset 0.
+        rows = [r if "image_offset" in r else {**r, "image_offset": np.int32(0)} for r in rows]
     array_keys = [k for k in rows[0] if isinstance(rows[0][k], np.ndarray | np.generic)]
     batch = text.collate([{k: r[k] for k in array_keys} for r in rows], buckets, left_padded=left)
     for k in rows[0]:

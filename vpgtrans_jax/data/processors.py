@@ -16,16 +16,24 @@ import re
 import numpy as np
 from PIL import Image
 
+from vpgtrans_jax.errors import DataError
+
+# Largest image decoded (width x height), as config.data.max_image_pixels defaults it: 50 MP is
+# 150 MB of RGB. PIL reads the size from the header, so a larger one is refused for free.
+MAX_IMAGE_PIXELS = 50_000_000
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _PUNCT = re.compile(r"([.!\"()*#:;~])")
 _MULTI_SPACE = re.compile(r"\s{2,}")
 
 
-def load_image(data: bytes | str | Image.Image) -> Image.Image:
+def load_image(data: bytes | str | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decodes encoded bytes, opens a path, or takes a PIL image; returns it as RGB.
 
-    Raises whatever PIL raises for missing/corrupt files (the pipeline counts those as bad).
+    An image of more than ``max_pixels`` pixels is refused (DataError) from the size in its
+    header, before any pixel is decoded: a PNG of a few hundred KB can claim 13000 x 13000 and
+    take gigabytes to decode. Raises whatever PIL raises for missing/corrupt files (the
+    pipeline counts those as bad).
     """
     if isinstance(data, Image.Image):
         img = data
@@ -35,6 +43,13 @@ def load_image(data: bytes | str | Image.Image) -> Image.Image:
         img = Image.open(data)
     else:
         raise TypeError(f"image must be bytes, a path or a PIL image, got {type(data).__name__}")
+    w, h = img.size
+    if w * h > max_pixels:
+        name = f"{data} " if isinstance(data, str) else ""
+        raise DataError(
+            f"image {name}is {w}x{h} = {w * h} pixels, more than max_image_pixels={max_pixels}; "
+            "refused before decoding"
+        )
     img.load()  # decode now so truncated files fail here, not later
     return img.convert("RGB")
 
@@ -89,13 +104,14 @@ def blip2_image_train(
     min_scale: float = 0.5,
     max_scale: float = 1.0,
     flip_prob: float = 0.5,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """RandomResizedCrop(image_size, scale=(min_scale, max_scale), bicubic) -> flip -> normalise.
 
     ``flip_prob`` is 0.5 in LAVIS; set 0 when captions name left/right (the synthetic data's
     position captions). Returns ``float32[image_size, image_size, 3]``.
     """
-    img = load_image(image)
+    img = load_image(image, max_pixels)
     top, left, h, w = random_resized_crop_params(img.height, img.width, rng, (min_scale, max_scale))
     # torchvision crops, then resizes the crop (bicubic, antialiased as PIL always is).
     img = img.crop((left, top, left + w, top + h)).resize(
@@ -106,9 +122,11 @@ def blip2_image_train(
     return to_normalized_array(img)
 
 
-def blip_image_eval(image: bytes | str | Image.Image, image_size: int = 224) -> np.ndarray:
+def blip_image_eval(
+    image: bytes | str | Image.Image, image_size: int = 224, max_pixels: int = MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """Bicubic resize to ``image_size`` x ``image_size`` -> normalise; ``float32[S, S, 3]``."""
-    img = load_image(image)
+    img = load_image(image, max_pixels)
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
     return to_normalized_array(img)

@@ -9,7 +9,9 @@ decode step's job, so a missing file is a bad sample there, not a crash here) or
   ``captions`` (list[str], all references), ``image_id``;
 - VQA: ``question``, ``answers`` (list[str], may be empty for test splits), ``question_id``,
   ``image_id``;
-- every record: ``key`` (a string naming the sample, used in bad-sample reports).
+- every record: ``key`` (a string naming the sample, used in bad-sample reports);
+- optionally ``prompt`` / ``instruction``: the sample's own prompt, when its annotation entry
+  has one (``transforms.SampleConfig`` says how it combines with the config's prompt).
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from collections.abc import Sequence
 from typing import Any
 
 Record = dict[str, Any]
+# Per-sample prompt fields, copied from an annotation entry into its record when present.
+PROMPT_FIELDS = ("prompt", "instruction")
+
+
+def own_prompt_fields(entry: dict[str, Any]) -> Record:
+    """The entry's ``prompt`` / ``instruction`` fields (checked when the sample is processed)."""
+    return {k: entry[k] for k in PROMPT_FIELDS if k in entry}
 
 
 def _read_json(path: str) -> Any:
@@ -83,6 +92,7 @@ class LavisCaptionSource(ListSource):
                         "captions": caps,
                         "image_id": e.get("image_id", e["image"]),
                         "key": f"{os.path.basename(path)}[{i}]:{e['image']}",
+                        **own_prompt_fields(e),
                     }
                 )
         super().__init__(records)
@@ -107,6 +117,7 @@ class CcSbuAlignSource(ListSource):
                     "captions": [e["caption"]],
                     "image_id": e["image_id"],
                     "key": f"cc_sbu_align:{e['image_id']}",
+                    **own_prompt_fields(e),
                 }
             )
         super().__init__(records)
@@ -156,6 +167,7 @@ class VqaSource(ListSource):
                     "question_id": q["question_id"],
                     "image_id": q["image_id"],
                     "key": f"vqa:{q['question_id']}",
+                    **own_prompt_fields(q),
                 }
             )
         super().__init__(records)
@@ -188,6 +200,7 @@ class GqaSource(ListSource):
                 "question_id": qid,
                 "image_id": image_id,
                 "key": f"gqa:{qid}",
+                **own_prompt_fields(e),
             }
             for qid, image, image_id, e in items
         ]

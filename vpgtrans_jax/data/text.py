@@ -32,6 +32,23 @@ def load_tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def check_tokenizer_fits(tokenizer: Any, vocab_size: int, model: str = "the model") -> None:
+    """Refuses a tokenizer that can produce ids the LLM has no embedding for.
+
+    ``len(tokenizer)`` (added tokens included) must not exceed the LLM's ``vocab_size``: an id
+    past it gives NaN logits, hence zeros from ``generate`` and empty answers. A smaller
+    tokenizer is normal (OPT pads its vocabulary to 50272 for 50265 tokens). Every place that
+    pairs a tokenizer with a model calls this (training, evaluation, ``generate_text``, chat).
+    """
+    n = len(tokenizer)
+    if n > vocab_size:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(
+            f"tokenizer {name} has {n} tokens but {model}'s LLM vocabulary has {vocab_size}: "
+            f"ids >= {vocab_size} would give NaN logits; use the tokenizer of that LLM"
+        )
+
+
 def pad_id(tokenizer: Any) -> int:
     """The pad id, falling back to EOS (LLaMA has no pad token; VPGTrans pads with EOS)."""
     for v in (tokenizer.pad_token_id, tokenizer.eos_token_id):

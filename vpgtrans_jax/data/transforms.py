@@ -15,9 +15,28 @@ import grain
 import numpy as np
 
 from vpgtrans_jax.data import processors, text
+from vpgtrans_jax.data.sources import PROMPT_FIELDS
 
 MODES = ("train", "generate")
 TEXT_PROCESSORS = ("caption", "question", "none")
+SLOT = "{}"  # where a template prompt takes the sample's instruction (or, generating, question)
+
+
+def own_prompt(record: dict[str, Any]) -> str | None:
+    """The sample's own ``prompt`` (or ``instruction``) field, or None when it has none."""
+    for field in PROMPT_FIELDS:
+        value = record.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f"field {field!r} must be a string, got {type(value).__name__}")
+        return value
+    return None
+
+
+def fill_prompt(template: str, inner: str) -> str:
+    """``template`` with its ``{}`` replaced by ``inner`` (other braces are left alone)."""
+    return template.replace(SLOT, inner, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,9 +45,16 @@ class SampleConfig:
 
     mode: ``"train"`` (``blip2_image_train`` + target ``prompt + text + end`` with loss masks) or
       ``"generate"`` (``blip_image_eval`` + left-padded prompt).
-    prompt: train: prefix before the target, loss-masked (stage 3 template, or ``""``);
-      generate: template whose ``{}`` receives the processed text field (``"Question: {}
-      Answer:"``), or a fixed prompt (``""`` for captioning).
+    prompt: train: prefix before the target, loss-masked (``""``, a fixed prompt, or the stage-3
+      template whose ``{}`` takes the sample's instruction); generate: template whose ``{}``
+      receives the processed text field (``"Question: {} Answer:"``), or a fixed prompt (``""``
+      for captioning).
+    instructions: train: the choices for a template's ``{}`` when a sample brings no ``prompt``
+      / ``instruction`` of its own; one is drawn per sample from the pipeline's per-element
+      generator (deterministic per seed and position, so a resume is exact).
+      A sample's own prompt fills ``{}`` of a template, and replaces a plain prompt; generating,
+      it replaces the template (whose ``{}`` then receives the question).
+    max_image_pixels: larger images are bad samples, refused before decoding.
     text_field: record field holding the caption/question (``None``: no text, e.g. captioning
       eval). text_processor: ``"caption"`` (blip_caption), ``"question"`` (blip_question) or
       ``"none"`` (as is; the instruction data).
@@ -47,6 +73,8 @@ class SampleConfig:
     max_scale: float = 1.0
     flip_prob: float = 0.5
     meta_keys: tuple[str, ...] = ()
+    instructions: tuple[str, ...] = ()
+    max_image_pixels: int = processors.MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -114,9 +142,34 @@ class SampleProcessor(grain.transforms.RandomMap):
             image = Image.fromarray(image)
         if cfg.mode == "train":
             return processors.blip2_image_train(
-                image, rng, cfg.image_size, cfg.min_scale, cfg.max_scale, cfg.flip_prob
+                image,
+                rng,
+                cfg.image_size,
+                cfg.min_scale,
+                cfg.max_scale,
+                cfg.flip_prob,
+                cfg.max_image_pixels,
             )
-        return processors.blip_image_eval(image, cfg.image_size)
+        return processors.blip_image_eval(image, cfg.image_size, cfg.max_image_pixels)
+
+    def _prompt(self, record: dict[str, Any], text_value: str, rng: np.random.Generator) -> str:
+        """This sample's prompt (``SampleConfig``: prompt, instructions)."""
+        cfg = self.config
+        own = own_prompt(record)
+        if cfg.mode == "generate":
+            template = cfg.prompt if own is None else own
+            return fill_prompt(template, text_value) if SLOT in template else template
+        if SLOT not in cfg.prompt:
+            return cfg.prompt if own is None else own
+        if own is None:
+            if not cfg.instructions:
+                raise ValueError(
+                    f"the prompt template {cfg.prompt!r} needs an instruction: the sample has no "
+                    f"{' / '.join(PROMPT_FIELDS)} field and config.data.instructions is empty"
+                )
+            # Drawn after the image's augmentation, whose draws stay as without instructions.
+            own = cfg.instructions[int(rng.integers(len(cfg.instructions)))]
+        return fill_prompt(cfg.prompt, own)
 
     def _empty(self) -> dict[str, Any]:
         cfg = self.config
@@ -148,10 +201,10 @@ class SampleProcessor(grain.transforms.RandomMap):
             if cfg.mode == "train" and not txt:
                 raise ValueError("empty text after processing")
             pixels = self._image(element, rng)
+            prompt = self._prompt(element, txt, rng)
             if cfg.mode == "train":
-                toks = text.encode_train(self.tokenizer, txt, cfg.max_len, cfg.prompt, cfg.end)
+                toks = text.encode_train(self.tokenizer, txt, cfg.max_len, prompt, cfg.end)
             else:
-                prompt = cfg.prompt.format(txt) if "{}" in cfg.prompt else cfg.prompt
                 toks = text.encode_generation(self.tokenizer, prompt, cfg.max_len)
         except Exception as e:  # noqa: BLE001 - any failure on one sample makes it a bad row
             info["_bad"] = f"{type(e).__name__}: {e}"

@@ -14,6 +14,8 @@ import tarfile
 from collections.abc import Sequence
 from typing import Any
 
+from vpgtrans_jax.data.sources import own_prompt_fields
+
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
@@ -79,6 +81,7 @@ class WebDatasetSource:
                 meta = json.loads(self._read(path, *exts["json"]))
             except ValueError:
                 meta = {}  # a broken .json only matters if it was the caption's source
+            meta = meta if isinstance(meta, dict) else {}
         if "txt" in exts:
             text = self._read(path, *exts["txt"]).decode("utf-8", errors="replace")
         elif isinstance(meta.get(self._caption_field), str):
@@ -86,6 +89,7 @@ class WebDatasetSource:
         rec["text"] = text
         rec["captions"] = [text]
         rec["image_id"] = meta.get("image_id", key)
+        rec.update(own_prompt_fields(meta))
         return rec
 
     def __repr__(self) -> str:

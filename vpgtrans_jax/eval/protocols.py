@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from vpgtrans_jax.data.processors import MAX_IMAGE_PIXELS
+
 VQA_PROMPT = "Question: {} Answer:"  # OPT / LLaMA; FlanT5 models use "Question: {} Short answer:"
 
 
@@ -23,6 +25,10 @@ def _common(task: str, prompt: str, batch_size: int) -> ml_collections.ConfigDic
     c.batch_size = batch_size
     c.limit = 0  # > 0: evaluate only the first `limit` samples (scored as a subset)
     c.num_workers = 8  # image-decoding threads
+    # Unreadable images are skipped and counted (reported in the metrics); more than this
+    # fraction of them is an error. Images over max_image_pixels are refused before decoding.
+    c.max_bad_fraction = 0.05
+    c.max_image_pixels = MAX_IMAGE_PIXELS
     c.data = ml_collections.ConfigDict()
     c.generation = ml_collections.ConfigDict()
     c.generation.num_beams = 5

@@ -7,11 +7,20 @@ result format (captions ``[{"image_id", "caption"}]``, VQA ``[{"question_id", "a
 ``WORKDIR/metrics_TASK.json`` and prints the table. With several JAX processes each one generates
 a strided share of the samples; process 0 merges the shares and scores.
 ``scripts/evaluate.py`` and the transfer pipeline both call it.
+
+A sample whose image is missing, corrupt or over ``max_image_pixels`` is skipped and counted, as
+in training: the metrics JSON (``bad_samples``) and the printed summary report them, the
+predictions leave them out (scored as a subset), and more than ``max_bad_fraction`` of them is a
+``BadDataError``. Each process appends its answers to
+``WORKDIR/predictions_TASK.part<p>-of-<n>.jsonl`` as every batch completes; an interrupted
+evaluation rerun with the same config continues after the last completed batch (a config that
+would change the answers starts over).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -26,7 +35,9 @@ from tqdm import tqdm
 from vpgtrans_jax.checkpoint.load import load
 from vpgtrans_jax.data.processors import blip_image_eval, blip_question
 from vpgtrans_jax.data.registry import make_source as make_data_source
-from vpgtrans_jax.data.text import generation_batch, load_tokenizer, pad_id
+from vpgtrans_jax.data.text import check_tokenizer_fits, generation_batch, load_tokenizer, pad_id
+from vpgtrans_jax.data.transforms import SLOT, fill_prompt, own_prompt
+from vpgtrans_jax.errors import BadDataError, ConfigError
 from vpgtrans_jax.eval.scoring import format_table, score_files
 from vpgtrans_jax.generation import decode_outputs, end_token_ids, generate
 from vpgtrans_jax.generation.text import text_end
@@ -34,6 +45,12 @@ from vpgtrans_jax.generation.text import text_end
 CAPTION_TASKS = ("coco_caption", "nocaps")
 VQA_TASKS = ("vqav2", "okvqa")
 TASKS = (*CAPTION_TASKS, *VQA_TASKS, "gqa")
+# Fields that do not change any answer: a partial evaluation made with other values resumes.
+RESUMABLE_ACROSS = ("num_workers", "limit", "max_bad_fraction")
+MIN_SAMPLES_BEFORE_ERROR = 100  # as training: a bad fraction is judged on enough samples
+_SHOWN_BAD = 10
+
+log = logging.getLogger(__name__)
 
 
 def _need(value: str, name: str, task: str) -> str:
@@ -94,9 +111,13 @@ def caption_id_resolver(gt_path: str) -> Any:
 
 
 def prompt_text(cfg: Any, record: dict) -> str:
-    if cfg.task in CAPTION_TASKS:
-        return cfg.prompt
-    return cfg.prompt.format(blip_question(record["question"]))
+    """The record's prompt: its own ``prompt`` field, else the config's; a VQA template's ``{}``
+    gets the (processed) question."""
+    own = own_prompt(record)
+    template = cfg.prompt if own is None else own
+    if cfg.task in CAPTION_TASKS or SLOT not in template:
+        return template
+    return fill_prompt(template, blip_question(record["question"]))
 
 
 def batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -120,19 +141,30 @@ class Evaluator:
         self.cfg = cfg
         self.model = load(_need(cfg.checkpoint, "checkpoint", cfg.task), **overrides)
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.checkpoint)
+        check_tokenizer_fits(
+            self.tokenizer, self.model.config.llm.vocab_size, f"checkpoint {cfg.checkpoint}"
+        )
         self.eos = end_token_ids(self.tokenizer, self.model.config.llm_type, cfg.end)
         self.pad = pad_id(self.tokenizer)
         self.image_size = self.model.config.vision.image_size
         self.pool = ThreadPoolExecutor(max(1, cfg.num_workers))
 
     def load_pixels(self, records: list[dict]) -> Future:
-        """Starts decoding the batch's images in the background; the future gives float[B,S,S,3]."""
+        """Starts decoding the batch's images in the background; the future gives one
+        ``(float[S, S, 3] or None, None or why the image is bad)`` per record."""
+        limit = self.cfg.max_image_pixels
 
         def one(r):
-            return blip_image_eval(r.get("image_path") or r["image"], self.image_size)
+            try:
+                image = r.get("image_path") or r.get("image")
+                if image is None:
+                    raise ValueError("record has neither 'image' bytes nor 'image_path'")
+                return blip_image_eval(image, self.image_size, limit), None
+            except Exception as e:  # noqa: BLE001 - any unreadable image is a counted bad sample
+                return None, f"{type(e).__name__}: {e}"
 
         futures = [self.pool.submit(one, r) for r in records]
-        return self.pool.submit(lambda: np.stack([f.result() for f in futures]))
+        return self.pool.submit(lambda: [f.result() for f in futures])
 
     def generate(self, records: list[dict], pixels: Any) -> list[str]:
         cfg, n = self.cfg, len(records)
@@ -161,22 +193,118 @@ class Evaluator:
         return decode_outputs(self.tokenizer, tokens, self.eos, self.pad, text_end(cfg.end))[:n]
 
 
-def run_share(cfg: Any, source: Any, indices: list[int], show_progress: bool) -> list[tuple]:
-    """Generates for ``indices`` of ``source``; returns (index, output) pairs."""
+class Progress:
+    """One process's share of an evaluation on disk: a header naming the config, then one JSON
+    line of ``[index, answer]`` pairs per completed batch (``Progress.path``)."""
+
+    def __init__(self, workdir: str, cfg: Any, pid: int, nproc: int):
+        self.path = share_path(workdir, cfg.task, pid, nproc)
+        kept = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_ACROSS}
+        self.header = {"config": json.loads(json.dumps(kept, default=str)), "share": [pid, nproc]}
+        self.done: dict[int, str] = {}
+        lines = _read_share(self.path)
+        if lines and lines[0] == self.header:
+            for line in lines[1:]:
+                self.done.update({int(i): a for i, a in line.get("done", [])})
+            if self.done:
+                log.info("resuming: %d answers already in %s", len(self.done), self.path)
+        elif lines:
+            log.warning("%s was made by another evaluation config; starting over", self.path)
+        # Rewritten whole: drops a line cut short by a crash, so appending stays valid JSONL.
+        self._f = open(self.path + ".tmp", "w")
+        self._write(self.header)
+        if self.done:
+            self._write({"done": sorted(self.done.items())})
+        self._f.close()
+        os.replace(self.path + ".tmp", self.path)
+        self._f = open(self.path, "a")
+
+    def _write(self, obj: Any) -> None:
+        self._f.write(json.dumps(obj) + "\n")
+        self._f.flush()
+
+    def add(self, answers: list[tuple[int, str]]) -> None:
+        self.done.update(answers)
+        self._write({"done": answers})
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def share_path(workdir: str, task: str, pid: int, nproc: int) -> str:
+    return os.path.join(workdir, f"predictions_{task}.part{pid}-of-{nproc}.jsonl")
+
+
+def _read_share(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                break  # the line a crash cut short, and anything after it
+    return out
+
+
+class BadSamples:
+    """Unreadable images of one share: counted, a few named, fatal beyond ``max_bad_fraction``."""
+
+    def __init__(self, max_fraction: float):
+        self.max_fraction = max_fraction
+        self.items: list[tuple[int, str, str]] = []  # (index, key, reason)
+        self.seen = 0
+
+    def add(self, seen: int, bad: list[tuple[int, str, str]], final: bool = False) -> None:
+        self.seen += seen
+        for item in bad:
+            self.items.append(item)
+            if len(self.items) <= 20:
+                log.warning("skipped bad sample %s: %s", item[1], item[2])
+        judged = self.seen >= MIN_SAMPLES_BEFORE_ERROR or final
+        if judged and len(self.items) > self.max_fraction * self.seen:
+            shown = "; ".join(f"{k}: {r}" for _, k, r in self.items[-5:])
+            raise BadDataError(
+                f"{len(self.items)} of {self.seen} samples were bad (more than "
+                f"max_bad_fraction={self.max_fraction}); recent examples: {shown}"
+            )
+
+
+def run_share(
+    cfg: Any, source: Any, indices: list[int], show_progress: bool, progress: Progress
+) -> BadSamples:
+    """Generates for the ``indices`` of ``source`` not yet in ``progress`` (which receives each
+    batch's answers as it completes); returns the share's bad samples."""
     ev = Evaluator(cfg)
-    out: list[tuple] = []
-    chunks = list(batches(indices, cfg.batch_size))
+    bad = BadSamples(cfg.max_bad_fraction)
+    todo = [i for i in indices if i not in progress.done]
+    chunks = list(batches(todo, cfg.batch_size))
     bar = tqdm(total=len(indices), desc=f"{cfg.task}", unit="sample", disable=not show_progress)
+    bar.update(len(indices) - len(todo))
     pending = ev.load_pixels([source[i] for i in chunks[0]]) if chunks else None
     for k, chunk in enumerate(chunks):
         records = [source[i] for i in chunk]
-        pixels = pending.result()
+        loaded = pending.result()
         if k + 1 < len(chunks):  # decode the next batch's images while this one generates
             pending = ev.load_pixels([source[i] for i in chunks[k + 1]])
-        out += list(zip(chunk, ev.generate(records, pixels)))
+        good = [j for j, (_, why) in enumerate(loaded) if why is None]
+        answers = []
+        if good:
+            pixels = np.stack([loaded[j][0] for j in good])
+            texts = ev.generate([records[j] for j in good], pixels)
+            answers = [(chunk[j], t) for j, t in zip(good, texts)]
+        progress.add(answers)
+        failed = [
+            (chunk[j], records[j].get("key", str(chunk[j])), why)
+            for j, (_, why) in enumerate(loaded)
+            if why is not None
+        ]
+        bad.add(len(chunk), failed, final=k + 1 == len(chunks))
         bar.update(len(chunk))
     bar.close()
-    return out
+    return bad
 
 
 def to_result_format(cfg: Any, source: Any, outputs: list[tuple]) -> Any:
@@ -196,10 +324,12 @@ def to_result_format(cfg: Any, source: Any, outputs: list[tuple]) -> Any:
     return {str(source[i]["question_id"]): a for i, a in outputs}
 
 
-def score(cfg: Any, pred_path: str) -> dict | None:
-    """Metrics dict, or None when the config names no ground truth (predict-only run)."""
+def score(cfg: Any, pred_path: str, subset: bool = False) -> dict | None:
+    """Metrics dict, or None when the config names no ground truth (predict-only run).
+
+    ``subset``: some samples were skipped (bad images), score the predicted ones."""
     s, d = cfg.scoring, cfg.data
-    kw: dict[str, Any] = dict(allow_subset=cfg.limit > 0, log=print)
+    kw: dict[str, Any] = dict(allow_subset=cfg.limit > 0 or subset, log=print)
     if cfg.task in CAPTION_TASKS:
         if not d.gt:
             return None
@@ -228,38 +358,66 @@ def source_has_answers(gqa_questions: str) -> bool:
     return all(isinstance(e, dict) and "answer" in e for e in entries)
 
 
+def check_config(cfg: Any) -> None:
+    """Numeric fields of an eval config, each error naming its field."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"config.task={cfg.task!r}: expected one of {TASKS}")
+    ints = dict(batch_size=1, limit=0, num_workers=0, max_prompt_len=1, max_image_pixels=1)
+    for key, low in ints.items():
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"config.{key}={value!r}: expected an integer >= {low}")
+    f = cfg.max_bad_fraction
+    if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f < 1:
+        raise ConfigError(f"config.max_bad_fraction={f!r}: expected a number in [0, 1)")
+
+
 def evaluate(cfg: Any, workdir: str) -> dict | None:
     """Runs generation (this process's share), merges on process 0, scores; returns metrics."""
-    if cfg.task not in TASKS:
-        raise ValueError(f"config.task={cfg.task!r}: expected one of {TASKS}")
-    if cfg.batch_size < 1:
-        raise ValueError(f"config.batch_size={cfg.batch_size}: expected >= 1")
+    check_config(cfg)
     os.makedirs(workdir, exist_ok=True)
     source = make_source(cfg)
     total = len(source) if cfg.limit <= 0 else min(cfg.limit, len(source))
     pid, nproc = jax.process_index(), jax.process_count()
-    outputs = run_share(cfg, source, list(range(total))[pid::nproc], show_progress=pid == 0)
-    part = os.path.join(workdir, f"predictions_{cfg.task}.part{pid}-of-{nproc}.json")
-    with open(part, "w") as f:
-        json.dump(outputs, f)
+    progress = Progress(workdir, cfg, pid, nproc)
+    try:
+        bad = run_share(
+            cfg, source, list(range(total))[pid::nproc], show_progress=pid == 0, progress=progress
+        )
+    finally:
+        progress.close()
+    with open(progress.path, "a") as f:  # the share's bad samples, for process 0's report
+        f.write(json.dumps({"bad": bad.items}) + "\n")
     if nproc > 1:
         multihost_utils.sync_global_devices("evaluate: shares written")
     if pid != 0:
         return None
     merged: list[tuple] = []
+    bad_items: list[list] = []
     for k in range(nproc):
-        path = os.path.join(workdir, f"predictions_{cfg.task}.part{k}-of-{nproc}.json")
-        with open(path) as f:
-            merged += [tuple(x) for x in json.load(f)]
-        os.remove(path)
+        lines = _read_share(share_path(workdir, cfg.task, k, nproc))
+        for line in lines[1:]:
+            merged += [(int(i), a) for i, a in line.get("done", [])]
+        bad_items += next((ln["bad"] for ln in reversed(lines) if "bad" in ln), [])
+    merged = sorted((i, a) for i, a in dict(merged).items() if i < total)
     pred_path = os.path.join(workdir, f"predictions_{cfg.task}.json")
     with open(pred_path, "w") as f:
         json.dump(to_result_format(cfg, source, merged), f)
+    for k in range(nproc):
+        os.remove(share_path(workdir, cfg.task, k, nproc))
     print(f"wrote {pred_path} ({len(merged)} samples)")
-    metrics = score(cfg, pred_path)
+    bad_report = {
+        "count": len(bad_items),
+        "of": total,
+        "examples": [{"key": key, "reason": why} for _, key, why in bad_items[:_SHOWN_BAD]],
+    }
+    if bad_items:
+        print(f"skipped {len(bad_items)} of {total} samples: unreadable images (bad_samples)")
+    metrics = score(cfg, pred_path, subset=bool(bad_items))
     if metrics is None:
         print("no ground truth in the config (predict-only run): nothing scored")
         return None
+    metrics["bad_samples"] = bad_report
     metrics["config"] = cfg.to_dict()
     metrics_path = os.path.join(workdir, f"metrics_{cfg.task}.json")
     with open(metrics_path, "w") as f:

@@ -19,6 +19,7 @@ from vpgtrans_jax.generation import processors
 from vpgtrans_jax.generation.beam import beam_search
 from vpgtrans_jax.generation.config import EarlyStopping, GenerationConfig
 from vpgtrans_jax.generation.greedy import greedy_or_sample
+from vpgtrans_jax.models.decoder import check_token_ids
 from vpgtrans_jax.models.vl_model import VLModel
 from vpgtrans_jax.nn.beam_cache import BeamKVCache
 from vpgtrans_jax.nn.kv_cache import KVCache
@@ -189,6 +190,7 @@ def generate_with_config(
     if image_offsets is not None:
         image_offsets = jnp.asarray(image_offsets, jnp.int32)
     vocab = model.config.llm.vocab_size
+    check_token_ids(input_ids, vocab)  # inside the jitted decoding they are traced, unchecked
     for name, value in (("eos_token_id", cfg.eos_token_ids), ("pad_token_id", (cfg.pad_token_id,))):
         if max(value) >= vocab:
             raise ValueError(f"{name}={list(value)} is outside the vocabulary (size {vocab})")

@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 
 from vpgtrans_jax.data.processors import blip_image_eval
-from vpgtrans_jax.data.text import generation_batch, keep_last_columns, pad_id
+from vpgtrans_jax.data.text import (
+    check_tokenizer_fits,
+    generation_batch,
+    keep_last_columns,
+    pad_id,
+)
 from vpgtrans_jax.generation.decode import generate
 from vpgtrans_jax.models import registry
 from vpgtrans_jax.models.vl_model import VLModel
@@ -121,6 +126,7 @@ def generate_text(
       pad_token_id: default: the tokenizer's pad id, else its EOS id.
       **generate_kwargs: ``max_new_tokens``, ``num_beams``, ... (see ``generate``).
     """
+    check_tokenizer_fits(tokenizer, model.config.llm.vocab_size)
     pixels = _pixels(model, images)
     if len(prompts) != pixels.shape[0]:
         raise ValueError(f"got {len(prompts)} prompts for {pixels.shape[0]} images")

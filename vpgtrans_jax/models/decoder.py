@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vpgtrans_jax.nn.kv_cache import KVCache
@@ -42,6 +43,30 @@ def static_int(x: Any) -> int | None:
     if isinstance(x, jax.core.Tracer):
         return None
     return int(x)
+
+
+def check_token_ids(
+    ids: Any, vocab_size: int, name: str = "input_ids", allowed: tuple[int, ...] = ()
+) -> None:
+    """Raises ValueError when ``ids`` holds an id outside ``[0, vocab_size)`` (``allowed`` values
+    excepted, e.g. the -100 of labels): such an id has no embedding row and silently turns the
+    logits into NaN. Checked on the host, and only for concrete arrays: inside ``jit`` the ids
+    are traced and were checked where they entered (``generate``, the data pipeline).
+    """
+    if ids is None or isinstance(ids, jax.core.Tracer):
+        return
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return
+    bad = (arr < 0) | (arr >= vocab_size)
+    for value in allowed:
+        bad &= arr != value
+    if bad.any():
+        where = [int(i) for i in np.argwhere(bad)[0]]
+        raise ValueError(
+            f"{name} holds token id {int(arr[tuple(where)])} at {where}, outside the LLM's "
+            f"vocabulary [0, {vocab_size}): was it made by another model's tokenizer?"
+        )
 
 
 class CausalLM(nnx.Module):
@@ -104,8 +129,13 @@ class CausalLM(nnx.Module):
         return DecoderInputs(b, t, s, attention_mask, index)
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
-        """Word embeddings only: int[B, T] -> float[B, T, E] (E = ``config.input_embed_dim``)."""
-        return self.embed_tokens(input_ids)
+        """Word embeddings only: int[B, T] -> float[B, T, E] (E = ``config.input_embed_dim``).
+
+        Concrete ids are checked against the vocabulary (``check_token_ids``) before the cast
+        to int32, so a large int64 id cannot wrap around into the vocabulary.
+        """
+        check_token_ids(input_ids, self.config.vocab_size)
+        return self.embed_tokens(jnp.asarray(input_ids, jnp.int32))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float[B, T, E] -> float[B, T, V] in the compute dtype (no bias, as in HF)."""

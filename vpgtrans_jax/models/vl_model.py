@@ -17,6 +17,7 @@ from flax import nnx
 from vpgtrans_jax import sharding
 from vpgtrans_jax.models import registry
 from vpgtrans_jax.models.configs import from_json_fields
+from vpgtrans_jax.models.decoder import check_token_ids
 from vpgtrans_jax.models.qformer import QFormer, QFormerConfig
 from vpgtrans_jax.models.registry import LLMConfig
 from vpgtrans_jax.models.vit import VisionConfig, VisionTransformer
@@ -24,6 +25,12 @@ from vpgtrans_jax.nn import layers
 from vpgtrans_jax.nn.kv_cache import KVCache
 
 IGNORE_INDEX = -100
+
+
+def as_int32(x: Any) -> Any:
+    """Integer inputs (masks, offsets, labels) as int32 at the model's boundary: numpy int64
+    would make every ``jnp.ones(..., dtype=mask.dtype)`` warn about truncation."""
+    return None if x is None else jnp.asarray(x, jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +218,8 @@ class VLModel(nnx.Module):
         """Final LLM hidden states over [soft prompt ; text] (or the prompt inserted at
         ``image_offsets``): float[B, Q + T, E]."""
         if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        attention_mask, image_offsets = as_int32(attention_mask), as_int32(image_offsets)
         embeds, mask = self.prompt_embeds(pixel_values, input_ids, attention_mask, image_offsets)
         hidden, _ = self.llm.hidden_states(embeds, mask)
         return hidden
@@ -270,6 +278,7 @@ class VLModel(nnx.Module):
           (float32[B, V] next-token logits, the cache (index Q + T), int32[B, Q + T + max_new]
           mask over every cache slot, int32[B] position of the first new token).
         """
+        attention_mask, image_offsets = as_int32(attention_mask), as_int32(image_offsets)
         embeds, mask = self.prompt_embeds(pixel_values, input_ids, attention_mask, image_offsets)
         b, p = mask.shape
         # New slots are marked valid up front: causality hides them until they are written.
@@ -321,6 +330,8 @@ class VLModel(nnx.Module):
         Returns:
           (scalar loss, {"num_tokens": int32 scalar, "nll_sum": float32 scalar}).
         """
+        check_token_ids(labels, self.config.llm.vocab_size, "labels", allowed=(IGNORE_INDEX,))
+        labels, image_offsets = as_int32(labels), as_int32(image_offsets)
         hidden = self.hidden_states(pixel_values, input_ids, attention_mask, image_offsets)
         q = self.config.num_query_tokens
         b, t = input_ids.shape

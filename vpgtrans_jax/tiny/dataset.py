@@ -13,6 +13,12 @@ Layout under ``out``::
     webdataset/train-{k:05d}.tar                      key.jpg + key.txt + key.json
     tokenizer/                                        tiny byte-level BPE PreTrainedTokenizerFast
     manifest.json                                     arguments and counts
+
+``generate`` writes into a temporary directory beside ``out`` and renames it into place when
+complete (``checkpoint.store.atomic_output``), so ``out`` never mixes files of two runs (stale
+WebDataset shards beside new ones): an existing ``out`` must be empty or a dataset written here
+before (``manifest.json`` and only the entries above), which is then replaced whole; anything
+else is refused.
 """
 
 from __future__ import annotations
@@ -25,10 +31,15 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from vpgtrans_jax.checkpoint.store import atomic_output
+from vpgtrans_jax.errors import DataError
 from vpgtrans_jax.tiny import scenes as synthetic
-from vpgtrans_jax.tiny.tokenizer import train_tokenizer
+from vpgtrans_jax.tiny.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 SPLITS = ("train", "val", "test")
+ENTRIES = ("images", "annotations", "cc_sbu_align", "webdataset", "tokenizer", "manifest.json")
+MIN_IMAGE_SIZE = 16
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet and the special tokens
 # Prompt pieces the training and eval code feed the LLM; in the tokenizer corpus so they
 # tokenise compactly.
 _PROMPT_TEXTS = (
@@ -81,13 +92,60 @@ def generate(
     """Generates ``num_images`` scenes into ``out`` and returns the manifest dict.
 
     Image ``i`` uses ``np.random.default_rng([seed, i])`` only, so the output depends on
-    (seed, i, options) and nothing else.
+    (seed, i, options) and nothing else. ``out`` is written as a whole (module docstring).
     """
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    for name, value, low in [
+        ("num_images", num_images, 1),
+        ("seed", seed, 0),
+        ("image_size", image_size, MIN_IMAGE_SIZE),
+        ("max_objects", max_objects, 1),
+        ("questions_per_image", questions_per_image, 1),
+        ("shard_size", shard_size, 1),
+        ("vocab_size", vocab_size, MIN_VOCAB),
+    ]:
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if max_objects > len(synthetic.CELLS):
+        raise ValueError(f"max_objects must be <= {len(synthetic.CELLS)}, got {max_objects}")
+    for name, value in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
     sizes = _split_sizes(num_images, val_fraction, test_fraction)
+    _check_target(out)
+    with atomic_output(out, overwrite=True) as tmp:
+        return _generate(
+            tmp, sizes, seed, image_size, max_objects, questions_per_image, shard_size,
+            vocab_size if write_tokenizer else None,
+        )  # fmt: skip
+
+
+def _check_target(out: str) -> None:
+    """``out`` may be absent, empty, or an earlier dataset of ours (replaced whole)."""
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise DataError(f"output directory {out} is a file")
+    entries = sorted(os.listdir(out))
+    ours = "manifest.json" in entries and set(entries) <= set(ENTRIES)
+    if entries and not ours:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise DataError(
+            f"output directory {out} is not empty and not a synthetic dataset written here "
+            f"(it holds {shown}); choose an empty or new directory"
+        )
+
+
+def _generate(
+    out: str,
+    sizes: dict[str, int],
+    seed: int,
+    image_size: int,
+    max_objects: int,
+    questions_per_image: int,
+    shard_size: int,
+    vocab_size: int | None,
+) -> dict:
+    num_images = sum(sizes.values())
     ann = os.path.join(out, "annotations")
     texts: list[str] = list(_PROMPT_TEXTS)
     image_id = 0
@@ -183,7 +241,7 @@ def generate(
         "splits": counts,
         "webdataset_shards": num_shards,
     }
-    if write_tokenizer:
+    if vocab_size is not None:
         manifest["tokenizer_vocab_size"] = train_tokenizer(
             texts, os.path.join(out, "tokenizer"), vocab_size
         )

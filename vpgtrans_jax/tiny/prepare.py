@@ -19,7 +19,7 @@ import ml_collections
 
 from vpgtrans_jax.tiny import dataset
 from vpgtrans_jax.tiny.llm import ensure_tiny_llm
-from vpgtrans_jax.train.config_base import SYNTHETIC_PLACEHOLDER
+from vpgtrans_jax.train.config_base import SYNTHETIC_PLACEHOLDER, validate
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ def substitute(value: Any, synthetic: str) -> Any:
 
 def prepare(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Makes ``c``'s synthetic data and tiny LLM exist and fills their paths into ``c`` (in
-    place; returned for convenience)."""
+    place; returned for convenience). The config is validated first, so a bad value is
+    reported before anything is generated."""
+    validate(c, prepared=False)
     if not c.data.synthetic_dir:
         return c
     synthetic = ensure_synthetic(c.data.synthetic_dir, c.data.synthetic_images, c.data.image_size)

@@ -8,9 +8,13 @@ and names the offending key.
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
 import ml_collections
 
+from vpgtrans_jax.data.processors import MAX_IMAGE_PIXELS
+from vpgtrans_jax.errors import ConfigError
 from vpgtrans_jax.models import registry
 from vpgtrans_jax.models.opt import OPTConfig
 from vpgtrans_jax.models.parts import PARTS, RUNTIME_FIELDS
@@ -105,7 +109,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic_images = 0
     c.data.image_size = 224
     c.data.max_len = 32
+    # The prompt before each target (loss-masked). A template with "{}" (stage 3) gets each
+    # sample's instruction there: the sample's own `prompt`/`instruction` field, else one of
+    # `instructions` (picked per sample, deterministically per seed). A plain prompt is replaced
+    # by a sample's own prompt. docs/data.md, "Per-sample prompts".
     c.data.prompt = ""
+    c.data.instructions = ()
     c.data.text_field = "text"
     c.data.text_processor = "caption"
     c.data.end = "\n"
@@ -113,6 +122,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.min_scale = 0.5
     c.data.num_workers = 0
     c.data.max_bad_fraction = 0.05
+    # Images with more pixels are refused from their header, before decoding (a bad sample):
+    # a small PNG can claim 13000 x 13000 and take gigabytes to decode.
+    c.data.max_image_pixels = MAX_IMAGE_PIXELS
 
     # ---- optimisation -----------------------------------------------------------------------
     c.batch_size = 1728  # global (all hosts, all micro-batches)
@@ -143,15 +155,93 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpoint = True
     c.export_final = True  # write <workdir>/export: the trained parts, loadable as vpg_init
+    # The workdir remembers the config that made it (<workdir>/config.json) and refuses a rerun
+    # whose config changes the training. True: move that earlier run aside (never deleted) into
+    # <workdir>/earlier_runs/ and start this one at step 0. train/workdir.py.
+    c.force_new_run = False
     return c
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad field."""
+# Every numeric field and its valid range: (key, type, low, high, low_open, high_open); None =
+# unbounded. A value outside, or NaN/inf, is an error naming the field.
+_NUMBERS: tuple[tuple[str, type, float | None, float | None, bool, bool], ...] = (
+    ("seed", int, 0, None, False, False),
+    ("batch_size", int, 1, None, False, False),
+    ("accum_steps", int, 1, None, False, False),
+    ("num_steps", int, 0, None, False, False),
+    ("num_epochs", float, 0, None, False, False),
+    ("max_bad_steps", int, 1, None, False, False),
+    ("log_every", int, 1, None, False, False),
+    ("checkpoint_every", int, 0, None, False, False),
+    ("keep_checkpoints", int, 1, None, False, False),
+    ("optim.init_lr", float, 0, None, True, False),
+    ("optim.min_lr", float, 0, None, False, False),
+    ("optim.warmup_lr", float, 0, None, False, False),
+    ("optim.warmup_steps", int, 0, None, False, False),
+    ("optim.weight_decay", float, 0, None, False, False),
+    ("optim.b1", float, 0, 1, False, True),
+    ("optim.b2", float, 0, 1, False, True),
+    ("optim.eps", float, 0, None, True, False),
+    ("optim.grad_clip_norm", float, 0, None, False, False),
+    ("data.image_size", int, 1, None, False, False),
+    ("data.max_len", int, 1, None, False, False),
+    ("data.flip_prob", float, 0, 1, False, False),
+    ("data.min_scale", float, 0, 1, True, False),
+    ("data.num_workers", int, 0, None, False, False),
+    ("data.max_bad_fraction", float, 0, 1, False, True),
+    ("data.max_image_pixels", int, 1, None, False, False),
+    ("data.synthetic_images", int, 0, None, False, False),
+    ("model.tiny_llm_steps", int, 0, None, False, False),
+)
+
+
+def _get(c: ml_collections.ConfigDict, key: str) -> Any:
+    for part in key.split("."):
+        c = c[part]
+    return c
+
+
+def check_number(
+    key: str,
+    value: Any,
+    kind: type,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raises ConfigError naming ``config.<key>`` unless ``value`` is a finite ``kind`` in range."""
+    ok_type = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"config.{key}: must be {what}, got {value!r}")
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high}")
+    bad = not math.isfinite(value)
+    bad |= low is not None and (value <= low if low_open else value < low)
+    bad |= high is not None and (value >= high if high_open else value > high)
+    if bad:
+        rule = " and ".join((["finite"] if kind is float else []) + bounds)
+        raise ConfigError(f"config.{key}: must be {rule}, got {value!r}")
+
+
+def validate(c: ml_collections.ConfigDict, *, prepared: bool = True) -> None:
+    """Raises ConfigError (a ValueError) naming the first bad field.
+
+    ``prepared=False`` skips the checks that need ``vpgtrans_jax.tiny.prepare`` to have run (it
+    validates with it before generating anything).
+    """
 
     def bad(key: str, msg: str):
-        raise ValueError(f"config.{key}: {msg}")
+        raise ConfigError(f"config.{key}: {msg}")
 
+    for key, *rule in _NUMBERS:
+        check_number(key, _get(c, key), *rule)
+    if not isinstance(c.force_new_run, bool):
+        bad("force_new_run", f"must be True or False, got {c.force_new_run!r}")
     if c.stage not in STAGES:
         bad("stage", f"must be one of {STAGES}, got {c.stage!r}")
     if c.model.init not in ("pretrained", "random"):
@@ -175,9 +265,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
         for key in ("kind", "weight", "args"):
             if key not in src:
                 bad(f"data.sources.{name}", f"needs a {key!r} entry")
+        check_number(f"data.sources.{name}.weight", src["weight"], float, 0, None, True)
         for arg, value in src["args"].items():
             if value == REQUIRED:
                 bad(f"data.sources.{name}.args.{arg}", "is required (a path on disk)")
+    for module, factor in c.optim.lr_multipliers.items():
+        check_number(f"optim.lr_multipliers.{module}", factor, float, 0)
+    if isinstance(c.data.instructions, str) or not all(
+        isinstance(x, str) and x.strip() for x in c.data.instructions
+    ):
+        bad(
+            "data.instructions", f"must be a list of non-empty strings, got {c.data.instructions!r}"
+        )
     unknown = sorted(set(c.trainable) - set(PARTS))
     if unknown or not c.trainable:
         bad("trainable", f"must be a non-empty subset of {PARTS}, got {c.trainable}")
@@ -188,15 +287,27 @@ def validate(c: ml_collections.ConfigDict) -> None:
         )
     if c.num_steps <= 0 and c.num_epochs <= 0:
         bad("num_steps", "set num_steps > 0 or num_epochs > 0")
+    if c.num_steps > 0:
+        check_warmup(c, c.num_steps)
     if c.optim.schedule not in ("constant", "warmup_cosine"):
         bad("optim.schedule", f"must be 'constant' or 'warmup_cosine', got {c.optim.schedule!r}")
-    if len(c.mesh_shape) != 3:
-        bad("mesh_shape", f"must have 3 entries (data, fsdp, tensor), got {c.mesh_shape}")
+    shape = tuple(c.mesh_shape)
+    if (
+        len(shape) != 3
+        or not all(isinstance(n, int) and (n == -1 or n >= 1) for n in shape)
+        or shape.count(-1) > 1
+    ):
+        bad(
+            "mesh_shape",
+            f"must be 3 sizes (data, fsdp, tensor), each >= 1 or one -1, got {c.mesh_shape}",
+        )
     for tower in ("vision", "qformer", "llm"):
         knobs = c.model[tower]
         for dt in ("dtype", "param_dtype"):
             if knobs[dt] not in ("float32", "bfloat16", "float16"):
                 bad(f"model.{tower}.{dt}", f"must be float32/bfloat16/float16, got {knobs[dt]!r}")
+    if not prepared:
+        return
     if c.model.init == "random" and c.model.tiny_llm_steps > 0 and not c.model.llm_init:
         bad(
             "model.tiny_llm_steps",
@@ -218,4 +329,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
             unresolved[0],
             f"refers to {SYNTHETIC_PLACEHOLDER}: call vpgtrans_jax.tiny.prepare(config) before "
             "train() (scripts/train.py does)",
+        )
+
+
+def check_warmup(c: ml_collections.ConfigDict, steps: int) -> None:
+    """``optim.warmup_steps`` must fit in the run's ``steps`` (known once the data is counted)."""
+    if c.optim.warmup_steps > steps:
+        raise ConfigError(
+            f"config.optim.warmup_steps: {c.optim.warmup_steps} is more than the run's {steps} "
+            "steps; lower it or train longer"
         )

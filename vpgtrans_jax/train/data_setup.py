@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from vpgtrans_jax.data import pipeline, text
+from vpgtrans_jax.data import pipeline
 from vpgtrans_jax.data.registry import make_source
 from vpgtrans_jax.data.transforms import SampleConfig, SampleProcessor
 from vpgtrans_jax.train.config_base import REQUIRED
@@ -37,14 +37,14 @@ def build_sources(c: ml_collections.ConfigDict) -> tuple[str, list[tuple[str, An
 
 def build_train_iterator(
     c: ml_collections.ConfigDict,
-    tokenizer_dir: str,
+    tok: Any,
     sources: list[tuple[str, Any, float]],
     per_host_batch: int,
     shard_index: int,
     shard_count: int,
 ):
-    """The endless, checkpointable per-host training iterator (``vpgtrans_jax.data.pipeline``)."""
-    tok = text.load_tokenizer(tokenizer_dir)
+    """The endless, checkpointable per-host training iterator (``vpgtrans_jax.data.pipeline``);
+    ``tok`` is the LLM's tokenizer (``text.load_tokenizer(tokenizer_dir)``)."""
     sample_cfg = SampleConfig(
         mode="train",
         image_size=c.data.image_size,
@@ -55,6 +55,8 @@ def build_train_iterator(
         end=c.data.end,
         flip_prob=c.data.flip_prob,
         min_scale=c.data.min_scale,
+        instructions=tuple(c.data.instructions),
+        max_image_pixels=c.data.max_image_pixels,
     )
     return pipeline.train_iterator(
         sources,

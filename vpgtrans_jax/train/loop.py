@@ -13,14 +13,17 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from vpgtrans_jax import sharding
+from vpgtrans_jax.data import text
 from vpgtrans_jax.data.pipeline import make_global_batch
 from vpgtrans_jax.errors import TrainingError
 from vpgtrans_jax.train import checkpointing, optim
+from vpgtrans_jax.train import workdir as workdir_lib
 from vpgtrans_jax.train.builder import build_model, rules_of
-from vpgtrans_jax.train.config_base import validate
+from vpgtrans_jax.train.config_base import check_warmup, validate
 from vpgtrans_jax.train.data_setup import build_sources, build_train_iterator
 from vpgtrans_jax.train.export import export_model_dir
 from vpgtrans_jax.train.metrics_writer import MetricsLogger
@@ -104,11 +107,29 @@ def total_steps(c: ml_collections.ConfigDict, num_samples: int) -> int:
 
 
 def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict[str, Any]:
-    """Runs (or resumes) the stage that ``c`` describes in ``workdir``; returns a summary dict."""
+    """Runs (or resumes) the stage that ``c`` describes in ``workdir``; returns a summary dict.
+
+    The workdir is locked for the run and must have been made by the same config (or one that
+    differs only in ``workdir.HARMLESS`` fields): ``vpgtrans_jax/train/workdir.py``.
+    """
     validate(c)
     maybe_initialize_distributed()
+    workdir = workdir_lib.ensure_dir(workdir)
+    with workdir_lib.lock(workdir, jax.process_index()):
+        workdir_lib.check_config(
+            workdir,
+            c,
+            is_main=jax.process_index() == 0,
+            saved_steps=checkpointing.steps_on_disk(workdir),
+            recorded_in_checkpoints=lambda: checkpointing.recorded_config(workdir),
+        )
+        if jax.process_count() > 1:  # process 0 may have moved an earlier run aside
+            multihost_utils.sync_global_devices("train: workdir ready")
+        return _train(c, workdir, progress)
+
+
+def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[str, Any]:
     t_start = time.time()
-    os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     rules = rules_of(c)
     mesh = sharding.make_mesh(tuple(c.mesh_shape))
@@ -123,11 +144,13 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     tokenizer_dir, sources = build_sources(c)
     num_samples = sum(len(s) for _, s, _ in sources)
     steps = total_steps(c, num_samples)
-    data_it = build_train_iterator(
-        c, tokenizer_dir, sources, per_host_batch, jax.process_index(), n_proc
-    )
+    check_warmup(c, steps)
+    tokenizer = text.load_tokenizer(tokenizer_dir)
+    pid = jax.process_index()
+    data_it = build_train_iterator(c, tokenizer, sources, per_host_batch, pid, n_proc)
 
     model, model_source = build_model(c, mesh)
+    text.check_tokenizer_fits(tokenizer, model.config.llm.vocab_size, f"config.model ({c.stage})")
     graphdef, params, frozen = optim.split_trainable(model, tuple(c.trainable))
     del model
     schedule = optim.make_schedule(
@@ -209,15 +232,14 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
                     f"{float(metrics['loss'])}. Lower the LR or check the data; the last good "
                     f"checkpoint is in {ckpt.directory}"
                 )
-            if step % c.log_every == 0 or step == steps:
+            if step % c.log_every == 0 or step == steps or stop.signal is not None:
+                # A stop flushes its partial window, so the rows of an interrupted run and of
+                # its resume together cover every step once (window_steps says how many).
                 dt = time.time() - t_window
                 last_metrics = _summarise(
                     window, dt, c.batch_size, schedule(int(state.step)), flops_per_step, peak
                 )
-                last_metrics.update(
-                    {f"data/{k}": v for k, v in data_it.metrics().items()},
-                    skipped_steps=int(state.skipped_steps),
-                )
+                last_metrics.update(data_it.metrics(), skipped_steps=int(state.skipped_steps))
                 logger.write(step, last_metrics)
                 window, t_window = [], time.time()
                 if bar is not None:
@@ -237,6 +259,12 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     ckpt.wait()
     if bar is not None:
         bar.close()
+    if step > 0 and int(state.skipped_steps) >= step:
+        raise TrainingError(
+            f"all {step} steps were skipped: every loss or gradient was non-finite (NaN/inf), "
+            f"so nothing was learned; lower the LR or check the data (checkpoints in "
+            f"{ckpt.directory})"
+        )
     export_dir = None
     if stopped_by is None and c.export_final and is_main:
         export_dir = export_model_dir(
@@ -289,6 +317,11 @@ def _summarise(window, dt, batch_size, lr, flops_per_step, peak) -> dict[str, fl
     finite = np.isfinite(losses)
     out = {
         "loss": float(losses[finite].mean()) if finite.any() else float("nan"),
+        # The window's size: a mean over these steps (the first window after a resume, and the
+        # last one of a stopped run, hold fewer than log_every), and over loss_steps of them for
+        # the loss (the finite ones), so curves of several runs join exactly.
+        "window_steps": len(window),
+        "loss_steps": int(finite.sum()),
         "grad_norm": float(np.mean([float(m["grad_norm"]) for m in window])),
         "lr": float(lr),
         "samples_per_s": len(window) * batch_size / max(dt, 1e-9),

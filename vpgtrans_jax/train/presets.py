@@ -160,7 +160,15 @@ def finetune_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-INSTRUCT_PROMPT = "###Human: <Img><ImageHere></Img> Describe this image in detail. ###Assistant: "
+# Stage 3 as MiniGPT-4 (and VPGTrans's VL-Vicuna) train it: each sample's instruction, drawn
+# from MiniGPT-4's alignment prompts unless the sample brings its own, fills the template's {}.
+INSTRUCT_PROMPT = "###Human: <Img><ImageHere></Img> {} ###Assistant: "
+INSTRUCTIONS = (
+    "Describe this image in detail.",
+    "Take a look at this image and describe what you notice.",
+    "Please provide a detailed description of the picture.",
+    "Could you describe the contents of this image for me?",
+)
 
 
 def instruct_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -176,6 +184,7 @@ def instruct_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.batch_size = 120
     c.data.max_len = 160
     c.data.prompt = INSTRUCT_PROMPT
+    c.data.instructions = INSTRUCTIONS
     c.data.text_processor = "none"
     c.data.end = "###"
     return c

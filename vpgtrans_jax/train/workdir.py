@@ -1,0 +1,239 @@
+"""A training workdir: one run at a time, and the config that made it.
+
+``claim(workdir, config)`` runs before anything else touches the workdir:
+
+- **Lock.** Each process of the run holds ``<workdir>/.train.lock.<process index>`` with
+  ``fcntl.flock``. A second ``train.py`` on the same workdir is refused at once, naming the
+  holder. The kernel drops the lock when its process exits, however it exits (``kill -9``
+  included), so a crashed run never leaves it stuck. With several processes (a pod), process
+  ``i`` of a second job collides with process ``i`` of the first, so every process of the second
+  job is refused, and the processes of one job never collide with each other. This needs a
+  filesystem with ``flock`` (local disks; NFS emulates it with POSIX locks).
+- **Config.** The first start writes ``<workdir>/config.json``. A rerun whose config differs in a
+  field that changes the training is refused with a one-line diff. Fields in ``HARMLESS`` may
+  differ (the new values are recorded). ``config.force_new_run=True`` moves the earlier run
+  aside into ``<workdir>/earlier_runs/run-<n>/`` (never deleted) and starts at step 0. A rerun
+  with the same config resumes, with or without ``force_new_run``, so a preempted forced run
+  restarted with the same command resumes too.
+
+Only process 0 writes (``config.json``, moving an earlier run); every process reads the same
+file and reaches the same decision.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from vpgtrans_jax.errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+EARLIER_RUNS = "earlier_runs"
+# What a run writes into its workdir: moved together when a new run is forced.
+RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "tensorboard", "export", CONFIG_FILE)
+
+# Fields that may change between the runs of one workdir: they decide when and how results are
+# recorded, or how the same computation is laid out, never what is computed.
+HARMLESS = (
+    "log_every",  # how often metrics are written
+    "checkpoint_every",  # when checkpoints are written; resuming is exact from any of them
+    "keep_checkpoints",  # how many are kept (lowering it prunes this run's oldest, as asked)
+    "async_checkpoint",  # whether writes overlap the next steps
+    "export_final",  # whether <workdir>/export is written at the end
+    "max_bad_steps",  # when a streak of skipped steps stops the run; no update changes
+    "data.max_bad_fraction",  # when bad data stops the run; bad samples are skipped either way
+    "force_new_run",  # the switch itself
+    "mesh_shape",  # layout only: equal results up to float rounding (a resume on another slice)
+    "sharding_rules",
+    "model.vision.remat_policy",  # memory/compute trade-off, same values
+    "model.qformer.remat_policy",
+    "model.llm.remat_policy",
+)
+_MAX_SHOWN = 6
+
+
+class RunLock:
+    """This process's hold on a workdir; ``release()`` (or exiting the process) frees it."""
+
+    def __init__(self, path: str, fd: int):
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
+def ensure_dir(workdir: str) -> str:
+    """``workdir`` as an absolute path, created if needed; a file or an uncreatable path is a
+    TrainingError naming it."""
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise TrainingError(f"--workdir {path} is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"cannot create --workdir {path}: {e.strerror or e}") from None
+    return path
+
+
+def lock(workdir: str, process_index: int = 0) -> RunLock:
+    """Takes ``<workdir>/.train.lock.<process_index>`` or raises TrainingError naming the holder."""
+    path = os.path.join(workdir, f".train.lock.{process_index}")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise TrainingError(f"--workdir {workdir} is not writable ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown process"
+        os.close(fd)
+        raise TrainingError(
+            f"--workdir {workdir} is in use by another training run ({holder}); wait for it to "
+            "finish or use another --workdir"
+        ) from None
+    os.ftruncate(fd, 0)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}".encode(), 0)
+    return RunLock(path, fd)
+
+
+def flat_config(c: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+    """``{"optim.init_lr": 1e-4, ...}``: leaves as JSON values (tuples become lists)."""
+    tree = json.loads(c.to_json_best_effort()) if hasattr(c, "to_json_best_effort") else c
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(tree, "")
+    return out
+
+
+def config_diff(recorded: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(field, recorded value, current value)`` for every field that differs (sorted)."""
+    missing = object()
+    keys = sorted(set(recorded) | set(current))
+    return [
+        (k, recorded.get(k, missing), current.get(k, missing))
+        for k in keys
+        if recorded.get(k, missing) != current.get(k, missing)
+    ]
+
+
+def _show(value: Any) -> str:
+    text = "(absent)" if not isinstance(value, str | int | float | list | dict | None) else None
+    text = text or json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe(diff: list[tuple[str, Any, Any]]) -> str:
+    shown = [f"{k} {_show(a)} -> {_show(b)}" for k, a, b in diff[:_MAX_SHOWN]]
+    more = f" and {len(diff) - _MAX_SHOWN} more" if len(diff) > _MAX_SHOWN else ""
+    return "; ".join(shown) + more
+
+
+def _write_config(workdir: str, flat_json: str) -> None:
+    path = os.path.join(workdir, CONFIG_FILE)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(flat_json)
+    os.replace(tmp, path)
+
+
+def _move_aside(workdir: str) -> str:
+    """Moves the earlier run's entries into ``earlier_runs/run-<n>``; returns that path."""
+    root = os.path.join(workdir, EARLIER_RUNS)
+    os.makedirs(root, exist_ok=True)
+    n = 1
+    while os.path.exists(os.path.join(root, f"run-{n}")):
+        n += 1
+    dest = os.path.join(root, f"run-{n}")
+    os.makedirs(dest)
+    for name in RUN_ENTRIES:
+        if os.path.lexists(os.path.join(workdir, name)):
+            os.rename(os.path.join(workdir, name), os.path.join(dest, name))
+    return dest
+
+
+def check_config(
+    workdir: str,
+    c: ml_collections.ConfigDict,
+    *,
+    is_main: bool = True,
+    saved_steps: list[int] = (),
+    recorded_in_checkpoints: Callable[[], dict | None] = lambda: None,
+) -> None:
+    """Compares ``c`` with the config that made ``workdir`` (module docstring); records it.
+
+    ``saved_steps``: the earlier run's checkpoints. Without any, it left nothing to resume, so a
+    different config moves its files aside without ``force_new_run``. ``recorded_in_checkpoints``
+    gives the config saved with the newest checkpoint (workdirs from before ``config.json``).
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    current = flat_config(c)
+    recorded: dict | None = None
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                recorded = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"{path}: unreadable ({e}); it records the config that made this workdir: "
+                "restore it, or use a fresh --workdir"
+            ) from None
+        recorded = flat_config(recorded)
+    elif saved_steps:
+        recorded = recorded_in_checkpoints()
+        recorded = flat_config(recorded) if recorded is not None else None
+    if recorded is not None:
+        diff = [d for d in config_diff(recorded, current) if d[0] not in HARMLESS]
+        if diff and saved_steps and not c.force_new_run:
+            raise ConfigError(
+                f"--workdir {workdir} holds a run made by another config: {describe(diff)}. "
+                "Rerun with that config to resume it, use a fresh --workdir, or pass "
+                f"--config.force_new_run=True to move that run into {EARLIER_RUNS}/ and start "
+                "over"
+            )
+        if diff and is_main:
+            dest = _move_aside(workdir)
+            log.warning("new run: the earlier one (%s) is now in %s", describe(diff), dest)
+    if is_main:
+        _write_config(workdir, c.to_json_best_effort(indent=1))
+
+
+__all__ = [
+    "HARMLESS",
+    "CONFIG_FILE",
+    "EARLIER_RUNS",
+    "RunLock",
+    "ensure_dir",
+    "lock",
+    "check_config",
+    "config_diff",
+    "flat_config",
+    "describe",
+]
