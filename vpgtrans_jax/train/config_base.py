@@ -143,6 +143,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpoint = True
     c.export_final = True  # write <workdir>/export: the trained parts, loadable as vpg_init
+    # > 0: also export the model every this many epochs to <workdir>/exports/epoch_<k> (k = epochs
+    # done), so that each epoch can be evaluated (the transfer's speed-up curves).
+    c.export_every_epochs = 0
     return c
 
 
@@ -188,6 +191,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         )
     if c.num_steps <= 0 and c.num_epochs <= 0:
         bad("num_steps", "set num_steps > 0 or num_epochs > 0")
+    if not isinstance(c.export_every_epochs, int) or c.export_every_epochs < 0:
+        bad("export_every_epochs", f"must be an integer >= 0, got {c.export_every_epochs!r}")
     if c.optim.schedule not in ("constant", "warmup_cosine"):
         bad("optim.schedule", f"must be 'constant' or 'warmup_cosine', got {c.optim.schedule!r}")
     if len(c.mesh_shape) != 3:
