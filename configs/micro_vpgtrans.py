@@ -2,7 +2,7 @@
 
     python scripts/transfer.py --config=configs/micro_vpgtrans.py --workdir=/tmp/micro
     python scripts/transfer.py --config=configs/micro_vpgtrans.py --workdir=/tmp/micro_quick \\
-        --config.quick=True                       # 1 seed, a small world, 2 epochs: ~2 min
+        --config.quick=True                       # 1 seed, a small world, 2 epochs: ~3 min
 
 Builds (once, under <workdir>/assets; vpgtrans_jax/tiny/micro_assets.py):
 - a synthetic world where answering needs the image (shapes with colour, size, position and

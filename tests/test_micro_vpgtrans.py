@@ -11,7 +11,7 @@ import ml_collections
 import pytest
 
 from vpgtrans_jax.train.loop import epoch_end_steps
-from vpgtrans_jax.transfer import experiment
+from vpgtrans_jax.transfer import experiment, pipeline
 from vpgtrans_jax.transfer.config_io import load_config_file
 
 
@@ -159,3 +159,39 @@ def test_assets_refuse_other_settings(stopped):
     c.quick_override["tiny"]["micro"]["world"]["num_images"] = 101
     with pytest.raises(ValueError, match="other settings"):
         experiment.run_experiment(c, workdir, progress=False)
+
+
+def test_real_config_plans_baselines_and_epoch_evaluations(tmp_path):
+    """A user with data: the real configs take the baselines and per-epoch evaluations too."""
+    c = load_config_file("configs/transfer_opt2.7b_to_opt6.7b.py", what="test")
+    c.source.checkpoint = c.target.llm = str(tmp_path)
+    for key in c.data:
+        c.data[key] = "/data/x"
+    c.eval.run = "coco_caption"
+    c.eval.points = "init,stage2"
+    c.baselines = "tfs"
+    c.eval.every_epoch = True
+    with pytest.raises(ValueError, match="every_epoch needs a schedule in epochs"):
+        pipeline.TransferPipeline(c, str(tmp_path / "w"))
+    c.stages.stage2.override.num_steps = 0
+    c.stages.stage2.override.num_epochs = 3.0
+    pipe = pipeline.TransferPipeline(c, str(tmp_path / "w"))
+    assert [s.name for s in pipe.steps] == [
+        "converter", "merge", "eval_init_coco_caption", "stage1", "stage2",
+        "eval_stage2_epoch1_coco_caption", "eval_stage2_epoch2_coco_caption",
+        "eval_stage2_coco_caption", "tfs_init", "tfs", "eval_tfs_epoch1_coco_caption",
+        "eval_tfs_epoch2_coco_caption", "eval_tfs_coco_caption",
+    ]  # fmt: skip
+    tfs, s2 = pipe.stage_configs["tfs"], pipe.stage_configs["stage2"]
+    assert tfs.model.path == pipe.dirs["tfs_init"] and tfs.model.vpg_init == ""
+    assert (tfs.num_epochs, tfs.optim.init_lr, tfs.trainable) == (
+        s2.num_epochs, s2.optim.init_lr, s2.trainable)  # fmt: skip
+    assert tfs.data.sources.to_dict() == s2.data.sources.to_dict()
+    assert tfs.export_every_epochs == 1 and s2.export_every_epochs == 1
+    ev = pipe.eval_configs[("tfs_epoch1", "coco_caption")]
+    assert ev["checkpoint"] == os.path.join(pipe.dirs["tfs"], "exports", "epoch_1")
+    arms = {p["arm"] for p in pipe.curve_plan()}
+    assert arms == {"vpgtrans", "tfs"}
+    c.baselines = "tfs,nope"
+    with pytest.raises(ValueError, match="config.baselines"):
+        pipeline.TransferPipeline(c, str(tmp_path / "w"))

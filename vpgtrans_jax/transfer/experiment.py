@@ -285,6 +285,12 @@ def observations(r: Mapping[str, Any]) -> list[str]:
                 "it had not plateaued, so its epochs-to-best (and the speed-up) would grow with "
                 "a longer schedule"
             )
+        if scored and scored[-1]["score"] < max(q["score"] for q in scored) - 5.0:
+            peak = max(scored, key=lambda q: q["score"])
+            notes.append(
+                f"seed {seed}: TFS peaked at epoch {peak['epoch']:g} ({peak['score']:.1f}) and "
+                f"ended at {scored[-1]['score']:.1f}: an early best shrinks the speed-up"
+            )
         vpg = [
             q for q in speedup.task_curve(cur.get("vpgtrans", []), cap) if q["score"] is not None
         ]
@@ -295,15 +301,33 @@ def observations(r: Mapping[str, Any]) -> list[str]:
                 f"seed {seed}: VPG-inherit reaches VPGTrans's best {cap}: the word converter "
                 "and stage 1 add nothing over the inherited VPG here"
             )
+    for task in sorted({t for cur in r["curves"].values() for pts in cur.values() for q in pts
+                        for t in q["scores"]} - {cap}):  # fmt: skip
+        vals = [q["scores"][task] for cur in r["curves"].values() for pts in cur.values()
+                for q in pts if q["epoch"] >= 1 and q["scores"].get(task) is not None]  # fmt: skip
+        if vals and max(vals) - min(vals) < 3.0:
+            notes.append(
+                f"{task} hardly moves: every arm scores {min(vals):.1f}–{max(vals):.1f} after any "
+                "training, so this metric does not separate the arms and its speed-ups are noise"
+            )
     src = (r.get("source_eval") or {}).get(cap)
     init = [q["scores"].get(cap) for cur in r["curves"].values()
             for q in cur.get("vpgtrans", []) if q["point"] == "init"]  # fmt: skip
     init = [v for v in init if v is not None]
+    control = [q["scores"].get(cap) for cur in r["curves"].values()
+               for q in cur.get("inherit", []) if q["point"] == "inherit_init"]  # fmt: skip
+    control = [v for v in control if v is not None]
     if src and init:
         notes.append(
             f"the merged model before any training scores {cap} {sum(init) / len(init):.1f} "
             f"(mean over seeds) against the source model's {src[1]:.1f}: how much of the source "
             "VL ability the word converter carries over on its own"
+            + (
+                f"; the source VPG with a random projector instead (inherit_init) scores "
+                f"{sum(control) / len(control):.1f}"
+                if control
+                else ""
+            )
         )
     cos = [v for v in (r.get("converter") or {}).values() if v is not None]
     if cos:
@@ -345,6 +369,7 @@ def draw(report: Mapping[str, Any], out_dir: str) -> dict[str, str]:
             + (f"{n} seeds: mean and min–max" if n > 1 else "1 seed"),
             metric=metric,
             baseline_best=best,
+            best_label="TFS best (mean over seeds)" if n > 1 else "TFS best",
             notes=figs.speedup_notes(results, seeds=True),
         )
     return out
@@ -474,4 +499,5 @@ def render_markdown(r: Mapping[str, Any]) -> str:
     conv = {s: v for s, v in r["converter"].items() if v is not None}
     if conv:
         lines += ["", f"Word converter held-out cosine per seed: {conv}."]
+    lines += ["", "The speed-up rule and what limits it on the micro world: docs/transfer.md §4."]
     return "\n".join(lines) + "\n"
