@@ -2,13 +2,16 @@
 """The whole VPGTrans transfer from one command: converter → merge → stage 1 → 2 (→ 3) + evals.
 
   python scripts/transfer.py --config=configs/transfer_tiny.py --workdir=/tmp/transfer_tiny
+  python scripts/transfer.py --config=configs/micro_vpgtrans.py --workdir=/tmp/micro  # 3 seeds
   python scripts/transfer.py --config=configs/transfer_opt2.7b_to_opt6.7b.py --workdir=DIR \\
       --config.source.checkpoint=/ckpt/blip2-opt-2.7b --config.target.llm=/ckpt/opt-6.7b \\
       --config.data.coco_ann=... (see the config's docstring)
 
 Every step is skipped when its output exists in --workdir, so rerunning the same command resumes
 an interrupted transfer (training resumes from its checkpoints; SIGTERM / Ctrl-C stop a stage at a
-step boundary). Writes WORKDIR/report.md and WORKDIR/report.json after each step.
+step boundary). Writes WORKDIR/report.md and WORKDIR/report.json after each step; configs with
+baselines (config.baselines) also get the speed-up and figures, several seeds (config.seeds) one
+workdir per seed and a report over them.
 --stop_after=STEP stops after one step (names: assets, converter, merge, stage1,
 eval_stage1_<task>, ...). Exit status: 0 complete, 2 bad config, 3 stopped before the end.
 """
@@ -24,7 +27,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from vpgtrans_jax import cli  # noqa: E402
-from vpgtrans_jax.transfer.pipeline import run_transfer  # noqa: E402
+from vpgtrans_jax.transfer.experiment import run_experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Transfer config (configs/transfer_*.py).", lock_config=True
@@ -36,7 +39,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> int:
-    report = run_transfer(
+    report = run_experiment(
         _CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value, progress=_PROGRESS.value
     )
     print(f"report: {os.path.join(report['workdir'], 'report.md')}")

@@ -47,6 +47,9 @@ def caption(task: str) -> ml_collections.ConfigDict:
     c.generation.min_new_tokens = 8
     c.generation.length_penalty = 1.0
     c.scoring.spice = False
+    # Comma-separated subset of eval.caption_metric.CAPTION_METRICS ("" = all). "CIDEr" alone
+    # skips METEOR's Java process (for many evaluations, e.g. every epoch of a transfer).
+    c.scoring.metrics = ""
     return c
 
 

@@ -333,6 +333,9 @@ def score(cfg: Any, pred_path: str, subset: bool = False) -> dict | None:
     if cfg.task in CAPTION_TASKS:
         if not d.gt:
             return None
+        metrics = [m.strip() for m in s.get("metrics", "").split(",") if m.strip()]
+        if metrics:
+            kw["caption_metrics"] = metrics
         return score_files(cfg.task, pred_path, d.gt, spice=s.spice, **kw)
     if cfg.task in VQA_TASKS:
         if not d.answers:

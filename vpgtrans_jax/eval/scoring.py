@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from vpgtrans_jax.eval import formats
 from vpgtrans_jax.eval.answer_normalization import lemmatize_answers
-from vpgtrans_jax.eval.caption_metric import score_captions
+from vpgtrans_jax.eval.caption_metric import CAPTION_METRICS, score_captions
 from vpgtrans_jax.eval.gqa_metric import evaluate_gqa
 from vpgtrans_jax.eval.vqa_metric import VQA_RULES, evaluate_vqa
 
@@ -52,6 +52,7 @@ def score_files(
     spice_download: bool = False,
     allow_subset: bool = False,
     per_question: bool = False,
+    caption_metrics: Sequence[str] = CAPTION_METRICS,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Scores a result file; returns the metrics dict written by ``scripts/score.py``.
@@ -66,6 +67,7 @@ def score_files(
       spice, spice_download: see ``caption_metric.score_captions``.
       allow_subset: score only predicted ids instead of failing when some are missing.
       per_question: add per-question accuracies (x100, 2 digits) for VQA / GQA.
+      caption_metrics: which caption metrics to compute (default all of ``CAPTION_METRICS``).
       log: receives progress messages.
     """
     _check_options(task, questions, lemmatize, vqa_rules)
@@ -93,6 +95,7 @@ def score_files(
             {k: preds[k] for k in ids},
             refs.captions,
             domains=refs.domains,
+            metrics=caption_metrics,
             spice=spice,
             spice_download=spice_download,
             log=log,

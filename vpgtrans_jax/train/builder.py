@@ -58,6 +58,32 @@ def random_model_config(c: ml_collections.ConfigDict) -> VLConfig:
     )
 
 
+def random_vpg(cfg: VLConfig, seed: int) -> dict[str, np.ndarray]:
+    """Freshly initialised VPG parts (ln_vision, query tokens, Q-Former, projector) of ``cfg``:
+    ``{"<part>.<path>": float array}``, as ``VLModel(cfg)`` initialises them with ``seed``.
+
+    A real-size model is traced under ``jit`` and only the VPG parts are computed (XLA drops the
+    rest), so this is cheap for a ViT-g and a 7B LLM too (the from-scratch baseline of a
+    transfer); a small one is built directly (compiling would take longer).
+    """
+    cfg = cfg.with_knobs(vision={"scan_layers": False}, llm={"scan_layers": False})
+
+    def init() -> dict[str, jax.Array]:
+        model = VLModel(cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
+        flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+        return {
+            ".".join(map(str, path)): v.get_value() for path, v in flat if str(path[0]) in VPG_PARTS
+        }
+
+    shapes = jax.eval_shape(lambda: nnx.state(VLModel(cfg, rngs=nnx.Rngs(params=0)), nnx.Param))
+    size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    out = init() if size < _EAGER_INIT_PARAMS else jax.jit(init)()
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+_EAGER_INIT_PARAMS = 20_000_000  # below this, random_vpg builds the model without compiling
+
+
 def _replace_part(model: VLModel, name: str, flat: dict[str, np.ndarray], where: str,
                   mesh: Mesh, rules: sharding.Rules) -> None:  # fmt: skip
     """Sets part ``name`` of ``model`` (in place) from ``{"<name>.<path>": array}``."""

@@ -159,6 +159,9 @@ def base_config() -> ml_collections.ConfigDict:
     # whose config changes the training. True: move that earlier run aside (never deleted) into
     # <workdir>/earlier_runs/ and start this one at step 0. train/workdir.py.
     c.force_new_run = False
+    # > 0: also export the model every this many epochs to <workdir>/exports/epoch_<k> (k = epochs
+    # done), so that each epoch can be evaluated (the transfer's speed-up curves).
+    c.export_every_epochs = 0
     return c
 
 
@@ -289,6 +292,8 @@ def validate(c: ml_collections.ConfigDict, *, prepared: bool = True) -> None:
         bad("num_steps", "set num_steps > 0 or num_epochs > 0")
     if c.num_steps > 0:
         check_warmup(c, c.num_steps)
+    if not isinstance(c.export_every_epochs, int) or c.export_every_epochs < 0:
+        bad("export_every_epochs", f"must be an integer >= 0, got {c.export_every_epochs!r}")
     if c.optim.schedule not in ("constant", "warmup_cosine"):
         bad("optim.schedule", f"must be 'constant' or 'warmup_cosine', got {c.optim.schedule!r}")
     shape = tuple(c.mesh_shape)

@@ -106,6 +106,26 @@ def total_steps(c: ml_collections.ConfigDict, num_samples: int) -> int:
     return max(1, math.ceil(c.num_epochs * num_samples / c.batch_size))
 
 
+def epoch_end_steps(c: ml_collections.ConfigDict, num_samples: int, steps: int) -> dict[int, int]:
+    """``{step: k}``: the step that completes epoch ``k``, for every multiple ``k`` of
+    ``config.export_every_epochs`` that the run reaches (epoch ``k`` ends once
+    ``k * num_samples`` samples were drawn, rounded up to a whole step, as ``total_steps``)."""
+    every = int(c.export_every_epochs)
+    out: dict[int, int] = {}
+    if every <= 0:
+        return out
+    k = every
+    while (end := max(1, math.ceil(k * num_samples / c.batch_size))) <= steps:
+        out[end] = k
+        k += every
+    return out
+
+
+def epoch_export_dir(workdir: str, epoch: int) -> str:
+    """Where ``train`` exports the model after ``epoch`` epochs (``config.export_every_epochs``)."""
+    return os.path.join(workdir, "exports", f"epoch_{epoch}")
+
+
 def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict[str, Any]:
     """Runs (or resumes) the stage that ``c`` describes in ``workdir``; returns a summary dict.
 
@@ -148,6 +168,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
     tokenizer = text.load_tokenizer(tokenizer_dir)
     pid = jax.process_index()
     data_it = build_train_iterator(c, tokenizer, sources, per_host_batch, pid, n_proc)
+    epoch_ends = epoch_end_steps(c, num_samples, steps)
 
     model, model_source = build_model(c, mesh)
     text.check_tokenizer_fits(tokenizer, model.config.llm.vocab_size, f"config.model ({c.stage})")
@@ -232,6 +253,16 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
                     f"{float(metrics['loss'])}. Lower the LR or check the data; the last good "
                     f"checkpoint is in {ckpt.directory}"
                 )
+            # Epoch exports, except one that the final export would duplicate.
+            if step in epoch_ends and is_main and not (step == steps and c.export_final):
+                export_model_dir(
+                    nnx.merge(graphdef, state.params, frozen),
+                    epoch_export_dir(workdir, epoch_ends[step]),
+                    pretrained_path=model_source.get("path"),
+                    created_by=f"scripts/train.py (stage {c.stage}, epoch {epoch_ends[step]}, "
+                    f"step {step})",
+                    info={"epoch": epoch_ends[step], "step": step},
+                )
             if step % c.log_every == 0 or step == steps or stop.signal is not None:
                 # A stop flushes its partial window, so the rows of an interrupted run and of
                 # its resume together cover every step once (window_steps says how many).
@@ -285,6 +316,18 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
         "stopped_by": stopped_by,
         "export": export_dir,
         "params": n_params,
+        "dataset_size": num_samples,
+        # epoch -> step and model directory ("export/" when the epoch ends with the run).
+        "epoch_exports": {
+            str(k): {
+                "step": end,
+                "path": export_dir
+                if end == steps and c.export_final
+                else epoch_export_dir(workdir, k),
+            }
+            for end, k in epoch_ends.items()
+            if end <= step
+        },
     }
     logger.close()
     ckpt.close()

@@ -50,6 +50,7 @@ HARMLESS = (
     "keep_checkpoints",  # how many are kept (lowering it prunes this run's oldest, as asked)
     "async_checkpoint",  # whether writes overlap the next steps
     "export_final",  # whether <workdir>/export is written at the end
+    "export_every_epochs",  # which per-epoch exports are written; the training is the same
     "max_bad_steps",  # when a streak of skipped steps stops the run; no update changes
     "data.max_bad_fraction",  # when bad data stops the run; bad samples are skipped either way
     "force_new_run",  # the switch itself

@@ -7,10 +7,15 @@ Workdir layout (each step is skipped when its output exists, so a rerun resumes)
     init/                   the merge (source VPG + merged projector): the stage-1 starting model
                             directory; stores the VPG parts, references the source ViT and the
                             target LLM
-    stage{1,2,3}/           training workdirs (checkpoints, metrics, export/ = the stage's model)
-    eval/<stage>/<task>/    predictions_<task>.json, metrics_<task>.json, eval_config.json
+    stage{1,2,3}/           training workdirs (checkpoints, metrics, export/ = the stage's model;
+                            exports/epoch_<k>/ = its model after epoch k with eval.every_epoch)
+    tfs_init/, inherit_init/  config.baselines: the baselines' starting models (baselines.py)
+    tfs/, inherit/          config.baselines: their training workdirs, like stage2/
+    eval/<point>/<task>/    predictions_<task>.json, metrics_<task>.json, eval_config.json
+                            (<point>: source, init, stage2, stage2_epoch3, tfs_epoch1, ...)
     records/<step>.json     what each finished step measured (wall time, steps, FLOPs, metrics)
     report.json, report.md  rewritten after every step
+    figures/                config.baselines: score vs epochs / FLOPs per arm (at the end)
 
 Training resumes from its own checkpoints inside ``stageN/`` (``train.loop.train``); a SIGTERM
 stops the stage at a step boundary, the report is written, and the next run continues.
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,18 +39,21 @@ from vpgtrans_jax.checkpoint.hf import blip2, llms
 from vpgtrans_jax.checkpoint.model_dir import read_config
 from vpgtrans_jax.checkpoint.sources import read_json
 from vpgtrans_jax.eval.runner import evaluate
+from vpgtrans_jax.tiny.micro_assets import MARKER as MICRO_MARKER
+from vpgtrans_jax.tiny.micro_assets import asset_paths, ensure_micro_assets, verify_assets
 from vpgtrans_jax.tiny.transfer_assets import ensure_tiny_assets
 from vpgtrans_jax.train.config_base import REQUIRED, validate
 from vpgtrans_jax.train.flops import train_step_flops
-from vpgtrans_jax.train.loop import train
+from vpgtrans_jax.train.loop import epoch_export_dir, train
 from vpgtrans_jax.transfer import config_io
+from vpgtrans_jax.transfer.baselines import ARMS, write_arm_init
 from vpgtrans_jax.transfer.linear_map import FitConfig
 from vpgtrans_jax.transfer.merge import merge_projector
 from vpgtrans_jax.transfer.report import eval_metrics, write_report
 from vpgtrans_jax.transfer.word_converter import build_word_converter
 
 STAGES = ("stage1", "stage2", "stage3")
-EVAL_POINTS = ("source", "init", *STAGES)
+EVAL_POINTS = ("source", "init", *STAGES, *ARMS, *(f"{a}_init" for a in ARMS))
 
 
 class TransferStopped(RuntimeError):
@@ -99,13 +109,18 @@ class TransferPipeline:
     def _resolve_inputs(self) -> None:
         c = self.cfg
         self.tiny = bool(c.tiny.enabled)
+        self.micro = self.tiny and bool(c.tiny.micro.enabled)
         self.places = {"workdir": self.workdir}
         if self.tiny:
             self.tiny_source = config_io.load_config_file(c.tiny.source_stage, what="tiny")
             config_io.apply_overrides(self.tiny_source, c.tiny.source_override, what="tiny")
             assets = c.tiny.assets_dir or os.path.join(self.workdir, "assets")
             self.assets_dir = os.path.abspath(os.path.expanduser(assets))
-            synthetic = os.path.abspath(os.path.expanduser(self.tiny_source.data.synthetic_dir))
+            if self.micro:  # the micro world and models live with the other assets
+                synthetic = asset_paths(self.assets_dir)["synthetic_dir"]
+                verify_assets(self.assets_dir, c.tiny.micro, self.tiny_source)
+            else:
+                synthetic = os.path.abspath(os.path.expanduser(self.tiny_source.data.synthetic_dir))
             self.places.update(synthetic_dir=synthetic, assets_dir=self.assets_dir)
             self.source_checkpoint = os.path.join(self.assets_dir, "source_vl", "export")
             self.source_llm = os.path.join(self.assets_dir, "src_llm")
@@ -138,10 +153,16 @@ class TransferPipeline:
         if not texts or bad:
             raise ValueError("config.converter.text: caption files are required")
         self.converter_text = texts
+        self.arms = [a.strip() for a in c.baselines.split(",") if a.strip()]
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"config.baselines={c.baselines!r}: expected distinct names of {ARMS}")
         self.dirs = {
             "converter": os.path.join(self.workdir, "converter"),
             "init": os.path.join(self.workdir, "init"),
             **{s: os.path.join(self.workdir, s) for s in STAGES},
+            **{a: os.path.join(self.workdir, a) for a in self.arms},
+            **{f"{a}_init": os.path.join(self.workdir, f"{a}_init") for a in self.arms},
         }
 
     def _sub(self, value: Any) -> Any:
@@ -158,28 +179,59 @@ class TransferPipeline:
             raise ValueError(
                 "config.stages: stage1 and stage2 need a config file (stage3 optional)"
             )
-        tgt_type = self.cfg.tiny.target_llm_type if self.tiny else _llm_type(self.target_llm)
-        prev = ""
+        if self.micro:
+            tgt_type = self.cfg.tiny.micro.tgt_llm.type
+        elif self.tiny:
+            tgt_type = self.cfg.tiny.target_llm_type
+        else:
+            tgt_type = _llm_type(self.target_llm)
+        # (name, config file, overrides, model.path, model.vpg_init): the VPGTrans stages chained,
+        # then each baseline from its own start with stage 2's recipe (or config.baseline's).
+        units, prev = [], ""
         for name in stages:
             spec = self.cfg.stages[name]
-            what = f"config.stages.{name} ({spec.config})"
-            sc = config_io.load_config_file(spec.config, what=what)
-            config_io.apply_overrides(sc, self._sub(spec.override), what=what)
+            vpg_init = os.path.join(prev, "export") if prev else ""
+            units.append((name, spec.config, [spec.override], self.dirs["init"], vpg_init))
+            prev = self.dirs[name]
+        base = self.cfg.baseline
+        for arm in self.arms:
+            file = base.config or self.cfg.stages.stage2.config
+            overrides = [base.override] if base.config else [self.cfg.stages.stage2.override,
+                                                             base.override]  # fmt: skip
+            units.append((arm, file, overrides, self.dirs[f"{arm}_init"], ""))
+        for name, file, overrides, path, vpg_init in units:
+            what = f"config.{'stages.' + name if name in STAGES else 'baseline'} ({file})"
+            sc = config_io.load_config_file(file, what=what)
+            for override in overrides:
+                config_io.apply_overrides(sc, self._sub(override), what=what)
             sc.model.init = "pretrained"
-            sc.model.path = self.dirs["init"]
-            sc.model.vpg_init = os.path.join(prev, "export") if prev else ""
+            sc.model.path = path
+            sc.model.vpg_init = vpg_init
             if tgt_type is not None:
                 sc.model.llm_type = tgt_type
             if sc.data.tokenizer in ("", REQUIRED):
                 sc.data.tokenizer = self.target_llm
+            if self.cfg.eval.every_epoch and name != "stage3":
+                if sc.num_steps > 0:
+                    raise ValueError(
+                        f"{what}: config.eval.every_epoch needs a schedule in epochs; set "
+                        f"num_steps=0 and num_epochs (it has num_steps={sc.num_steps})"
+                    )
+                sc.export_every_epochs = 1
             try:
                 tiny.prepare(sc)  # tiny stage configs: their synthetic data (cached)
                 validate(sc)
             except ValueError as e:
                 raise ValueError(f"{what}: {e}") from None
             out[name] = sc
-            prev = self.dirs[name]
         return out
+
+    def epochs(self, name: str) -> list[int]:
+        """The intermediate epochs (1, 2, ... before the last) whose exports are evaluated."""
+        sc = self.stage_configs[name]
+        if sc.export_every_epochs <= 0:
+            return []
+        return [k for k in range(1, math.ceil(sc.num_epochs)) if k % sc.export_every_epochs == 0]
 
     def _eval_configs(self) -> dict[tuple[str, str], dict[str, Any]]:
         """``{(point, task): plain eval config}``; required data paths are checked here."""
@@ -189,7 +241,21 @@ class TransferPipeline:
         unknown = [p for p in points if p not in EVAL_POINTS]
         if unknown:
             raise ValueError(f"config.eval.points: unknown {unknown}; expected {EVAL_POINTS}")
-        points = [p for p in points if p not in STAGES or p in self.enabled_stages()]
+        trained = [*self.enabled_stages(), *self.arms]
+        points = [
+            p for p in points if p in ("source", "init") or p.removesuffix("_init") in trained
+        ]
+        points += [a for a in self.arms if a not in points]  # a baseline is there to be compared
+        self.point_info: dict[str, dict[str, Any]] = {}
+        expanded = []
+        for p in points:
+            unit = p if p in STAGES or p in ARMS else None
+            for k in self.epochs(unit) if unit else []:
+                expanded.append(f"{unit}_epoch{k}")
+                self.point_info[expanded[-1]] = {"unit": unit, "epoch": k}
+            expanded.append(p)
+            self.point_info[p] = {"unit": unit, "epoch": None}
+        points = expanded
         out: dict[tuple[str, str], dict[str, Any]] = {}
         for task in tasks:
             if task not in c.tasks:
@@ -217,15 +283,21 @@ class TransferPipeline:
     def _eval_model(self, point: str) -> tuple[str, str]:
         if point == "source":
             return self.source_checkpoint, self.source_llm
-        if point == "init":
-            return self.dirs["init"], self.target_llm
+        if point in self.dirs and point.endswith("init"):
+            return self.dirs[point], self.target_llm
+        info = self.point_info[point]
+        if info["epoch"] is not None:
+            return epoch_export_dir(self.dirs[info["unit"]], info["epoch"]), self.target_llm
         return os.path.join(self.dirs[point], "export"), self.target_llm
 
     # ---- the plan -------------------------------------------------------------------------------
 
     def _plan(self) -> list[Step]:
         steps: list[Step] = []
-        if self.tiny:
+        if self.micro:
+            marker = os.path.join(self.assets_dir, MICRO_MARKER)
+            steps.append(Step("assets", "assets", marker, self._run_assets))
+        elif self.tiny:
             steps.append(Step("assets", "assets", self.source_checkpoint, self._run_assets))
         steps += [
             Step(
@@ -242,15 +314,21 @@ class TransferPipeline:
                 stage="init",
             ),
         ]
-        points = ["source", "init", *self.enabled_stages()]
-        for point in points:
-            if point in STAGES:
-                out = os.path.join(self.dirs[point], "export", "vpgtrans_model.json")
+        units = ["source", "init", *self.enabled_stages()]
+        for arm in self.arms:
+            units += [f"{arm}_init", arm]
+        for unit in units:
+            if unit.endswith("_init") and unit != "init":
+                out = os.path.join(self.dirs[unit], "vpgtrans_model.json")
+                steps.append(Step(unit, "init", out, lambda u=unit: self._run_arm_init(u),
+                                  stage=unit))  # fmt: skip
+            if unit in STAGES or unit in ARMS:
+                out = os.path.join(self.dirs[unit], "export", "vpgtrans_model.json")
                 steps.append(
-                    Step(point, "train", out, lambda p=point: self._run_stage(p), stage=point)
+                    Step(unit, "train", out, lambda p=unit: self._run_stage(p), stage=unit)
                 )
             for p, task in self.eval_configs:
-                if p == point:
+                if p == unit or self.point_info.get(p, {}).get("unit") == unit and p != unit:
                     name = f"eval_{p}_{task}"
                     steps.append(
                         Step(
@@ -280,9 +358,10 @@ class TransferPipeline:
                     self.log(f"[transfer] {step.name}: output exists ({step.output}), skipped")
                 else:
                     self.log(f"[transfer] {step.name}: running")
-                    t0 = time.time()
+                    t0, c0 = time.time(), cpu_time()
                     facts = step.run()
                     facts.setdefault("wall_time_s", time.time() - t0)
+                    facts.setdefault("cpu_time_s", cpu_time() - c0)
                     self._write_record(step, facts)
                     this_run[step.name] = "ran"
                 self.report(this_run)
@@ -292,8 +371,8 @@ class TransferPipeline:
         except TransferStopped as e:
             this_run[step.name] = "stopped"
             self.log(f"[transfer] {e}")
-            return self.report(this_run, stopped=str(e))
-        return self.report(this_run)
+            return self.report(this_run, stopped=str(e), final=True)
+        return self.report(this_run, final=True)
 
     def record(self, name: str) -> dict[str, Any] | None:
         path = os.path.join(self.records_dir, name + ".json")
@@ -313,13 +392,46 @@ class TransferPipeline:
             json.dump(rec, f, indent=1, default=str)
         os.replace(tmp, path)
 
-    def report(self, this_run: dict[str, str], stopped: str | None = None) -> dict[str, Any]:
-        return write_report(self, this_run, stopped)
+    def report(
+        self, this_run: dict[str, str], stopped: str | None = None, final: bool = False
+    ) -> dict[str, Any]:
+        """Writes report.json / report.md (and, when ``final``, the figures of the arms)."""
+        return write_report(self, this_run, stopped, figures=final)
+
+    def curve_plan(self) -> list[dict[str, Any]]:
+        """Every evaluated point of the training arms in order: VPGTrans (init, stage 1's and
+        stage 2's epochs, stage 1 counted as spent epochs) and each baseline (its init, its
+        epochs). ``{"arm", "point", "unit", "epoch" (within the unit), "offset_units"}`` where
+        ``offset_units`` are the training units whose whole cost precedes this point."""
+        arms = {"vpgtrans": ["init", "stage1", "stage2"]}
+        arms.update({a: [f"{a}_init", a] for a in self.arms})
+        tasks = sorted({t for _, t in self.eval_configs})
+        plan = []
+        for arm, units in arms.items():
+            done: list[str] = []
+            for unit in units:
+                trained = unit in self.stage_configs
+                if trained and unit not in self.enabled_stages() + self.arms:
+                    continue
+                for k in self.epochs(unit) if trained else []:
+                    plan.append({"arm": arm, "point": f"{unit}_epoch{k}", "unit": unit,
+                                 "epoch": k, "offset_units": list(done)})  # fmt: skip
+                plan.append({"arm": arm, "point": unit, "unit": unit if trained else None,
+                             "epoch": None, "offset_units": list(done)})  # fmt: skip
+                if trained:
+                    done.append(unit)
+        evaluated = {p for p, _ in self.eval_configs}
+        return [dict(p, tasks=tasks) for p in plan if p["point"] in evaluated]
 
     # ---- the steps ------------------------------------------------------------------------------
 
     def _run_assets(self) -> dict[str, Any]:
         t = self.cfg.tiny
+        if self.micro:
+            facts = ensure_micro_assets(
+                self.assets_dir, t.micro, self.tiny_source, progress=self.progress, log=self.log
+            )
+            return {"paths": facts["paths"], "micro": os.path.join(self.assets_dir, MICRO_MARKER)}
         paths = ensure_tiny_assets(
             self.assets_dir,
             self.tiny_source,
@@ -391,12 +503,12 @@ class TransferPipeline:
                 f"({summary.get('stopped_by') or 'no export written'}); rerun to resume"
             )
         analytic = train_step_flops(
-            read_config(self.dirs["init"]), tuple(sc.trainable), sc.batch_size, sc.data.max_len
+            read_config(sc.model.path), tuple(sc.trainable), sc.batch_size, sc.data.max_len
         )["total"]
         xla = next((a["flops_per_step"] for a in reversed(attempts) if a["flops_per_step"]), None)
         steps = int(summary["steps"])
         return {
-            "config": self.cfg.stages[name].config,
+            "config": self.cfg.stages[name].config if name in STAGES else None,
             "stage": sc.stage,
             "trainable": list(sc.trainable),
             "batch_size": sc.batch_size,
@@ -411,7 +523,25 @@ class TransferPipeline:
             "flops": steps * analytic,
             "flops_xla": None if xla is None else steps * xla,
             "params": summary.get("params"),
+            "seed": sc.seed,
+            "num_epochs": sc.num_epochs,
+            "dataset_size": summary.get("dataset_size"),
+            "epoch_exports": summary.get("epoch_exports"),
         }
+
+    def _run_arm_init(self, unit: str) -> dict[str, Any]:
+        arm = unit.removesuffix("_init")
+        seed = int(self.stage_configs[arm].seed)
+        manifest = write_arm_init(
+            arm,
+            self.source_checkpoint,
+            self.target_llm,
+            self.dirs[f"{arm}_init"],
+            seed=seed,
+            log=self.log,
+        )
+        stored = {p: e.get("origin") for p, e in manifest["parts"].items() if e.get("stored")}
+        return {"arm": arm, "seed": seed, "origins": stored}
 
     def _run_eval(self, point: str, task: str) -> dict[str, Any]:
         ec = self.eval_configs[(point, task)]
@@ -427,6 +557,12 @@ class TransferPipeline:
             "metrics": eval_metrics(raw),
             "num_samples": None if raw is None else _num_samples(raw),
         }
+
+
+def cpu_time() -> float:
+    """CPU seconds of this process (all threads) and of its finished children (Java scorers)."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
 
 
 def _num_samples(metrics: dict[str, Any]) -> int | None:

@@ -11,9 +11,15 @@
                  "eval": {task: {"headline": [metric, value], "metrics", "num_samples",
                                  "wall_time_s"}}}],
      "totals": {"train_steps", "train_samples", "train_wall_time_s", "train_flops",
-                "train_flops_xla", "wall_time_s" (every recorded step), "flops"}}
+                "train_flops_xla", "wall_time_s" (every recorded step), "flops"},
+     "curves": {arm: [{"point", "epoch", "samples", "flops", "scores": {task: value}}]} | null,
+     "comparison": {"speedup": {baseline: {task: speedup.speedup(...)}},
+                    "final": {arm: {task: value}}, "best": {arm: {task: value}}} | null,
+     "figures": {task: png path}}
 
-Caption metrics are reported x100 (as in the paper's tables); VQA / GQA accuracies in %.
+``curves`` and ``comparison`` exist when the transfer has baseline arms (``config.baselines``):
+see ``speedup.py`` for the speed-up rule. Caption metrics are reported x100 (as in the paper's
+tables); VQA / GQA accuracies in %.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+
+from vpgtrans_jax.transfer import figures as figs
+from vpgtrans_jax.transfer import speedup
 
 FORMAT = "vpgtrans_jax.transfer_report"
 VERSION = 1
@@ -35,6 +44,12 @@ def headline(task: str, metrics: Any) -> tuple[str, float] | None:
     if "overall" in metrics:
         return "accuracy", metrics["overall"]
     return None
+
+
+def headline_value(task: str, metrics: Any) -> float | None:
+    """The headline number of ``task`` (``headline``), or None."""
+    h = headline(task, metrics)
+    return None if h is None else float(h[1])
 
 
 def eval_metrics(raw: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -105,6 +120,12 @@ def build_report(pipe: Any, this_run: dict[str, str], stopped: str | None) -> di
         "wall_time_s": _sum([r.get("wall_time_s") for r in records]),
         "flops": _sum([r.get("flops") for r in records]),
     }
+    curves = comparison = None
+    plan = pipe.curve_plan() if getattr(pipe, "arms", None) else []
+    if plan:
+        conv_flops = (conv or {}).get("flops") or 0.0
+        curves = speedup.build_curves(plan, pipe.record, headline_value, conv_flops)
+        comparison = speedup.json_safe(speedup.compare(curves))
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -118,6 +139,9 @@ def build_report(pipe: Any, this_run: dict[str, str], stopped: str | None) -> di
         "converter": converter,
         "stages": list(stages.values()),
         "totals": totals,
+        "curves": curves,
+        "comparison": comparison,
+        "figures": {},
     }
 
 
@@ -197,12 +221,87 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"| {st['name']} | {st['state']} | {st['this_run']} | {_fmt(st['wall_time_s'])} |"
         )
     lines.append(f"\nAll recorded steps: {_fmt(tot['wall_time_s'])} s wall time.\n")
+    if r.get("comparison"):
+        lines += payoff_markdown(r["comparison"], r.get("figures") or {}, r["workdir"])
     return "\n".join(lines)
 
 
-def write_report(pipe: Any, this_run: dict[str, str], stopped: str | None) -> dict[str, Any]:
-    """Writes ``report.json`` and ``report.md`` into the pipeline's workdir; returns the dict."""
+def _x(v: Any) -> str:
+    if v is None:
+        return "–"
+    return "∞" if v == "inf" else f"{v:.2f}x"
+
+
+def payoff_markdown(comp: dict[str, Any], figures: dict[str, str], root: str) -> list[str]:
+    """The "Does the transfer pay off?" section of one run (one seed)."""
+    lines = [
+        "## Does the transfer pay off?",
+        "",
+        "Speed-up (VPGTrans paper, Table 3) = epochs the baseline needs to reach its best score "
+        "/ epochs VPGTrans needs to reach (>=) it, stage 1 counted as spent epochs; the FLOPs "
+        "column is the same ratio in training FLOPs.",
+        "",
+        "| baseline | metric | speed-up (epochs) | speed-up (FLOPs) | outcome | baseline best "
+        "(at epoch) | VPGTrans reaches it at epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, by_task in comp["speedup"].items():
+        for task, res in by_task.items():
+            lines.append(
+                f"| {arm} | {task} | {_x(res['epochs'])} | {_x(res['flops'])} | {res['status']} "
+                f"| {_fmt(res['baseline_best'], '.2f')} ({_fmt(res['baseline_epoch'], 'g')}) | "
+                f"{_fmt(res['method_epoch'], 'g')} |"
+            )
+    tasks = sorted({t for by in comp["final"].values() for t in by})
+    lines += ["", "| arm | " + " | ".join(f"{t} final | {t} best" for t in tasks) + " |"]
+    lines.append("|---" * (2 * len(tasks) + 1) + "|")
+    for arm in comp["final"]:
+        cells = [f"{_fmt(comp['final'][arm][t], '.2f')} | {_fmt(comp['best'][arm][t], '.2f')}"
+                 for t in tasks]  # fmt: skip
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    for task, path in figures.items():
+        lines += ["", f"![{task}]({os.path.relpath(path, root)})"]
+    return [*lines, ""]
+
+
+def draw_figures(r: dict[str, Any], out_dir: str) -> dict[str, str]:
+    """One PNG per metric of a run's curves (``figures.plot_task``); ``{task: path}``."""
+    out: dict[str, str] = {}
+    comp = r["comparison"]
+    tasks = sorted({t for pts in r["curves"].values() for q in pts for t in q["scores"]})
+    for task in tasks:
+        data = figs.series([r["curves"]], task)
+        if not data:
+            continue
+        results = {arm: by[task] for arm, by in comp["speedup"].items() if task in by}
+        tfs = results.get("tfs") or next(iter(results.values()), None)
+        metric = "CIDEr" if "caption" in task or "nocaps" in task else "accuracy (%)"
+        out[task] = figs.plot_task(
+            data,
+            os.path.join(out_dir, f"{task}.png"),
+            title=f"{r['name']}: {task} ({metric}) per arm",
+            metric=metric,
+            baseline_best=None if tfs is None else tfs["baseline_best"],
+            notes=figs.speedup_notes(results, seeds=False),
+        )
+    return out
+
+
+def write_report(
+    pipe: Any, this_run: dict[str, str], stopped: str | None, figures: bool = False
+) -> dict[str, Any]:
+    """Writes ``report.json`` and ``report.md`` into the pipeline's workdir (and with
+    ``figures``, the PNGs of the arms' curves into ``figures/``); returns the dict."""
     r = build_report(pipe, this_run, stopped)
+    fig_dir = os.path.join(pipe.workdir, "figures")
+    if figures and r["curves"]:
+        r["figures"] = draw_figures(r, fig_dir)
+    elif r["curves"] and os.path.isdir(fig_dir):  # drawn by an earlier run's end
+        r["figures"] = {
+            f[: -len(".png")]: os.path.join(fig_dir, f)
+            for f in sorted(os.listdir(fig_dir))
+            if f.endswith(".png") and not f.endswith(".tmp.png")
+        }
     for name, text in (
         ("report.json", json.dumps(r, indent=1, default=str)),
         ("report.md", render_markdown(r)),

@@ -7,11 +7,23 @@ Fields::
     source.llm               HF LLM directory of the source LLM ("" = source.checkpoint, which
                              works for HF BLIP-2 directories: their language_model + tokenizer)
     target.llm               HF LLM directory of the target LLM (weights + tokenizer)
-    tiny.*                   offline stand-ins for source/target (tiny configs only)
+    tiny.*                   offline stand-ins for source/target (tiny configs only);
+                             tiny.micro.* the micro-VPGTrans world (tiny/micro_assets.py)
     converter.*              word converter data and fit (scripts/word_converter.py flags)
     stages.stage{1,2,3}      {config: stage config file ("" = skip; stage3 only), override: {...}}
+    baselines                comma-separated baseline arms trained next to the transfer, with
+                             stage 2's config, data and schedule: "tfs" (the VPG from scratch),
+                             "inherit" (source VPG, fresh projector, no converter, no stage 1)
+    baseline                 {config: "" = stage 2's file and override, override: {...}}
+    seeds                    () = one run; (s1, s2, ...) = the whole transfer once per seed in
+                             <workdir>/seed_<s> (the stage, baseline and converter seeds set
+                             to s; tiny assets shared), with a report over the seeds
+    quick, quick_override    quick=True applies quick_override (a smaller run, for tests)
     eval.run                 comma-separated tasks of eval.tasks to run ("" = none)
-    eval.points              after which models: source, init (merged, untrained), stage1..3
+    eval.points              after which models: source, init (merged, untrained), stage1..3,
+                             tfs_init, inherit_init (baselines are always evaluated at the end)
+    eval.every_epoch         also evaluate every epoch of stage 1, 2 and the baselines (stage
+                             configs in epochs); the report's speed-up curves need it
     eval.tasks.<task>        {config: configs/eval_*.py, override: {...}}
     data.*                   dataset paths, shared by the overrides through FieldReferences
 
@@ -24,6 +36,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from vpgtrans_jax.tiny.micro_assets import micro_config
 from vpgtrans_jax.train.config_base import REQUIRED
 from vpgtrans_jax.train.presets import source as data_source
 
@@ -49,6 +62,7 @@ def base_transfer_config() -> ml_collections.ConfigDict:
             "source_override": _free(),
             "target_llm_type": "",
             "target_llm_arch": _free(),
+            "micro": micro_config(),
         }
     )
     c.converter = ml_collections.ConfigDict(
@@ -68,8 +82,13 @@ def base_transfer_config() -> ml_collections.ConfigDict:
     c.stages = ml_collections.ConfigDict(
         {"stage1": stage(""), "stage2": stage(""), "stage3": stage("")}
     )
+    c.baselines = ""
+    c.baseline = stage("")
+    c.seeds = ()
+    c.quick = False
+    c.quick_override = _free()
     c.eval = ml_collections.ConfigDict(
-        {"run": "", "points": "stage1,stage2,stage3", "tasks": _free()}
+        {"run": "", "points": "stage1,stage2,stage3", "every_epoch": False, "tasks": _free()}
     )
     c.data = _free()
     return c
