@@ -95,11 +95,12 @@ def get_config(arg=None):
         **common,
     )
 
-    # --config.quick=True: one seed of a small world, two epochs per arm (the tests' run).
+    # --config.quick=True: one seed of a small world, two epochs per arm (the tests' run); the
+    # LR warm-up shrinks with the runs (a few steps an epoch).
     c.quick_override = {
         "seeds": (0,),
         "tiny": {
-            "source_override": {"num_epochs": 3.0},
+            "source_override": {"num_epochs": 3.0, "optim": {"warmup_steps": 4}},
             "micro": {
                 "world": {"num_images": 300, "val_fraction": 0.2, "test_fraction": 0.02},
                 "vision": {
@@ -112,7 +113,7 @@ def get_config(arg=None):
                 "tgt_llm": {"steps": 40},
             },
         },
-        "stages": {"stage2": {"override": {"num_epochs": 2.0}}},
+        "stages": {"stage2": {"override": {"num_epochs": 2.0, "optim": {"warmup_steps": 4}}}},
         "eval": {
             "tasks": {
                 "coco_caption": {"override": {"batch_size": 30, "limit": 30}},

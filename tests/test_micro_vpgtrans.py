@@ -26,10 +26,11 @@ def _config(seeds=(0,)):
     micro["vision"].update(steps=8, pool_images=64, probe_images=64, probe_steps=5)
     micro["src_llm"]["steps"] = 8
     micro["tgt_llm"]["steps"] = 8
-    q["tiny"]["source_override"] = {"num_epochs": 1.0, "batch_size": 16}
+    warmup = {"warmup_steps": 2}  # the runs have a few steps an epoch
+    q["tiny"]["source_override"] = {"num_epochs": 1.0, "batch_size": 16, "optim": warmup}
     q["stages"] = {
         "stage1": {"override": {"batch_size": 16}},
-        "stage2": {"override": {"num_epochs": 2.0, "batch_size": 16}},
+        "stage2": {"override": {"num_epochs": 2.0, "batch_size": 16, "optim": warmup}},
     }
     q["converter"] = {"epochs": 2}
     for task in ("coco_caption", "vqav2"):
@@ -51,6 +52,7 @@ def test_quick_override_and_seed_configs(tmp_path):
     c = experiment.resolve(_config(seeds=(3, 4)))
     assert tuple(c.seeds) == (3, 4)
     assert c.stages.stage2.override.num_epochs == 2.0
+    assert c.stages.stage2.override.optim.warmup_steps == 2
     assert c.tiny.micro.world.num_images == 100
     s = experiment.seed_config(c, 4, str(tmp_path / "assets"), first=False)
     assert s.stages.stage1.override.seed == 4 and s.baseline.override.seed == 4
