@@ -14,7 +14,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from vpgtrans_jax.checkpoint import lavis, model_dir, store
+from vpgtrans_jax.checkpoint import hub, lavis, model_dir, store
 from vpgtrans_jax.checkpoint.engine import check_keys, export_tensors, import_tensors
 from vpgtrans_jax.checkpoint.hf import blip2, llms, qformer, vit
 from vpgtrans_jax.checkpoint.model_dir import ModelSpec
@@ -65,8 +65,11 @@ def hf_to_orbax(
     group_bytes: int = store.DEFAULT_GROUP_BYTES,
     log: Log = print,
 ) -> dict[str, Any]:
-    """A HF BLIP-2 directory (whole VL model) or HF LLM directory (LLM only) → model directory."""
+    """A HF BLIP-2 directory (whole VL model) or HF LLM directory (LLM only) → model directory.
+
+    ``src`` may be a Hugging Face hub id (``checkpoint.hub.resolve``)."""
     _dtype(dtype)
+    src = hub.resolve(src)
     cfg_path = os.path.join(src, "config.json")
     if not os.path.isdir(src):
         raise CheckpointError(f"{src}: not a directory")
@@ -185,6 +188,7 @@ def lavis_to_orbax(
     if "query_tokens" not in sd or len(sd["query_tokens"].shape) != 3:
         raise CheckpointError(f"{src}: missing query_tokens [1, num_query, width]")
 
+    llm = hub.resolve(llm)
     llm_src = model_dir.describe_source(llm)
     if llm_src["kind"] == "hf_blip2":
         raise CheckpointError(f"{llm}: --llm must be an LLM directory, got a BLIP-2 directory")

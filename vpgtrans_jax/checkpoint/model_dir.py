@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from vpgtrans_jax import sharding
-from vpgtrans_jax.checkpoint import engine, store
+from vpgtrans_jax.checkpoint import engine, hub, store
 from vpgtrans_jax.checkpoint.fill import abstract, expected_params, fill_abstract, flat_params
 from vpgtrans_jax.checkpoint.hf import blip2, llms
 from vpgtrans_jax.checkpoint.rules import WeightRule
@@ -198,13 +198,14 @@ def read_config(path: str, **overrides: Any) -> VLConfig:
 
 
 def describe_source(src: str | Mapping[str, Any]) -> dict[str, str]:
-    """A source reference ``{"kind", "path"}`` from a dict or a path (the kind is detected)."""
+    """A source reference ``{"kind", "path"}`` from a dict or a path (the kind is detected; a
+    Hugging Face hub id is resolved to its local snapshot, ``checkpoint.hub``)."""
     if isinstance(src, Mapping):
         kind, path = src.get("kind"), src.get("path")
         if kind not in SOURCE_KINDS or not isinstance(path, str):
             raise ValueError(f"source {dict(src)!r}: need kind in {SOURCE_KINDS} and a path")
         return {"kind": kind, "path": path}
-    path = os.path.abspath(src)
+    path = os.path.abspath(hub.resolve(src))
     if is_model_dir(path):
         return {"kind": "vpgtrans", "path": path}
     cfg_path = os.path.join(path, "config.json")
