@@ -21,10 +21,11 @@ from absl import flags  # noqa: E402
 
 import vpgtrans_jax  # noqa: E402
 from vpgtrans_jax import cli  # noqa: E402
+from vpgtrans_jax.checkpoint import hub  # noqa: E402
 from vpgtrans_jax.data.text import load_tokenizer  # noqa: E402
 from vpgtrans_jax.generation import answer_about_image  # noqa: E402
 
-_CKPT = flags.DEFINE_string("checkpoint", None, "model directory (vpgtrans_jax.load)")
+_CKPT = flags.DEFINE_string("checkpoint", None, "model directory or HF hub id (vpgtrans_jax.load)")
 _IMAGE = flags.DEFINE_string("image", None, "image file (any format PIL reads)")
 _TOK = flags.DEFINE_string("tokenizer", "", "HF tokenizer directory (default: --checkpoint)")
 _TEMPLATE = flags.DEFINE_string("template", "Question: {} Answer:", "prompt for a question")
@@ -42,8 +43,9 @@ flags.mark_flags_as_required(["checkpoint", "image"])
 def main(argv: list[str]) -> None:
     if not os.path.isfile(_IMAGE.value):
         raise ValueError(f"--image {_IMAGE.value!r} is not a file")
-    model = vpgtrans_jax.load(_CKPT.value, **({"dtype": _DTYPE.value} if _DTYPE.value else {}))
-    tokenizer = load_tokenizer(_TOK.value or _CKPT.value)
+    ckpt = hub.resolve(_CKPT.value)  # a hub id's snapshot serves the model and its tokenizer
+    model = vpgtrans_jax.load(ckpt, **({"dtype": _DTYPE.value} if _DTYPE.value else {}))
+    tokenizer = load_tokenizer(_TOK.value or ckpt)
     with open(_IMAGE.value, "rb") as f:
         image = f.read()
     template = _TEMPLATE.value

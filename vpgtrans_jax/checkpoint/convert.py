@@ -14,8 +14,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from vpgtrans_jax.checkpoint import lavis, model_dir, store
-from vpgtrans_jax.checkpoint.engine import export_tensors, import_tensors
+from vpgtrans_jax.checkpoint import hub, lavis, model_dir, store
+from vpgtrans_jax.checkpoint.engine import check_keys, export_tensors, import_tensors
 from vpgtrans_jax.checkpoint.hf import blip2, llms, qformer, vit
 from vpgtrans_jax.checkpoint.model_dir import ModelSpec
 from vpgtrans_jax.checkpoint.safetensors import ShardedSafetensorsWriter, write_safetensors
@@ -81,8 +81,11 @@ def hf_to_orbax(
     group_bytes: int = store.DEFAULT_GROUP_BYTES,
     log: Log = print,
 ) -> dict[str, Any]:
-    """A HF BLIP-2 directory (whole VL model) or HF LLM directory (LLM only) → model directory."""
+    """A HF BLIP-2 directory (whole VL model) or HF LLM directory (LLM only) → model directory.
+
+    ``src`` may be a Hugging Face hub id (``checkpoint.hub.resolve``)."""
     _dtype(dtype)
+    src = hub.resolve(src)
     check_separate(out, {"--src": src})
     cfg_path = os.path.join(src, "config.json")
     if not os.path.isdir(src):
@@ -93,7 +96,7 @@ def hf_to_orbax(
     if blip2.is_blip2(hf):
         try:
             cfg = blip2.config_from_hf(hf, **over)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise CheckpointError(f"{cfg_path}: {e}") from e
         spec = ModelSpec.of(cfg)
         source = open_hf_weights(src)
@@ -111,11 +114,12 @@ def hf_to_orbax(
             f"{cfg_path}: model_type {model_type!r} cannot be converted; expected a BLIP-2 "
             f"directory ('blip-2') or an LLM ({sorted(llms.MODEL_TYPE_FAMILY)})"
         )
+    what = f"a {model_type} model with this config.json"
+    check_keys(source, rules, optional=optional, what=what)  # before building anything
     expected = spec.expected()
 
     def write(w: model_dir.PartWriter) -> None:
-        import_tensors(source, rules, expected, w.emit, optional=optional,
-                       what=f"a {model_type} model")  # fmt: skip
+        import_tensors(source, rules, expected, w.emit, optional=optional, what=what)
 
     origin = {"kind": kind, "path": os.path.abspath(src)}
     manifest = model_dir.write_model_dir(
@@ -160,7 +164,7 @@ def vpg_configs(path: str | None, **over: Any) -> tuple[VisionConfig, QFormerCon
             VisionConfig(**{**d["vision"], **over}),
             QFormerConfig(**{**d["qformer"], **over}),
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path}: not a usable ViT/Q-Former config ({e})") from e
 
 
@@ -203,6 +207,7 @@ def lavis_to_orbax(
     if "query_tokens" not in sd or len(sd["query_tokens"].shape) != 3:
         raise CheckpointError(f"{src}: missing query_tokens [1, num_query, width]")
 
+    llm = hub.resolve(llm)
     llm_src = model_dir.describe_source(llm)
     if llm_src["kind"] == "hf_blip2":
         raise CheckpointError(f"{llm}: --llm must be an LLM directory, got a BLIP-2 directory")
@@ -319,6 +324,16 @@ def orbax_to_hf(
         raise CheckpointError(
             f"{src} records no image_token_index (it did not come from a HF BLIP-2): pass "
             "--image-token-index ID, the id of the image placeholder token of your tokenizer"
+        )
+    vocab = cfg.llm.vocab_size
+    if isinstance(image_token_index, bool) or not isinstance(image_token_index, int):
+        raise CheckpointError(
+            f"{src}: image_token_index must be an integer token id, got {image_token_index!r}"
+        )
+    if not 0 <= image_token_index < vocab:
+        raise CheckpointError(
+            f"{src}: image_token_index {image_token_index} is outside the LLM's vocabulary "
+            f"[0, {vocab})"
         )
     try:
         config = blip2.config_to_hf(cfg, image_token_index)
