@@ -138,7 +138,8 @@ def _check_target(out: str) -> None:
         raise DataError(f"output directory {out} is a file")
     entries = sorted(os.listdir(out))
     if entries and not _is_dataset(out):
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        foreign = [e for e in entries if e not in ENTRIES] or entries  # what is not ours first
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise DataError(
             f"output directory {out} is not empty and not a synthetic dataset written here "
             f"(it holds {shown}); choose an empty or new directory"
