@@ -32,6 +32,7 @@ from vpgtrans_jax.models.parts import VPG_PARTS
 from vpgtrans_jax.models.qformer import QFormerConfig
 from vpgtrans_jax.models.vit import VisionConfig
 from vpgtrans_jax.models.vl_model import VLConfig
+from vpgtrans_jax.outputs import check_separate
 
 Log = Callable[[str], None]
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
@@ -52,6 +53,21 @@ def _log_origins(log: Log, origins: Mapping[str, str], refs: Mapping[str, str] =
         log(f"  {part:<13} → referenced, not copied: {where}")
 
 
+def model_inputs(label: str, path: str) -> dict[str, str]:
+    """``{label: path}`` plus, for a model directory, the sources its parts reference (reading it
+    reads them): what an output must keep clear of (``outputs.check_separate``)."""
+    found = {label: path}
+    try:
+        parts = model_dir.read_manifest(path)["parts"] if model_dir.is_model_dir(path) else {}
+    except CheckpointError:
+        return found
+    for part, entry in parts.items():
+        src = entry.get("source") if isinstance(entry, dict) else None
+        if isinstance(src, dict) and isinstance(src.get("path"), str):
+            found[f"{label}'s {part} source"] = src["path"]
+    return found
+
+
 # ---- Hugging Face → model directory -------------------------------------------------------------
 
 
@@ -70,6 +86,7 @@ def hf_to_orbax(
     ``src`` may be a Hugging Face hub id (``checkpoint.hub.resolve``)."""
     _dtype(dtype)
     src = hub.resolve(src)
+    check_separate(out, {"--src": src})
     cfg_path = os.path.join(src, "config.json")
     if not os.path.isdir(src):
         raise CheckpointError(f"{src}: not a directory")
@@ -174,6 +191,8 @@ def lavis_to_orbax(
         such as the Q-Former's text path are always skipped and reported).
     """
     _dtype(dtype)
+    inputs = {"--src": src, **model_inputs("--llm", llm), "--vit": vit, "--vpg-config": vpg_config}
+    check_separate(out, inputs)
     over = dict(param_dtype=dtype, scan_layers=scan_layers)
     sd = _unwrap(load_torch_pickle(src), src)
     projs = [n for n in ("opt_proj", "llama_proj", "t5_proj") if f"{n}.weight" in sd]
@@ -293,6 +312,7 @@ def orbax_to_hf(
 ) -> list[str]:
     """A VL model directory → HF ``Blip2ForConditionalGeneration`` directory. Returns the shards."""
     cast = _dtype(dtype)
+    check_separate(out, model_inputs("--src", src))
     m = model_dir.read_manifest(src)
     spec = model_dir.spec_from_manifest(m, src)
     if spec.vl is None:
@@ -322,7 +342,8 @@ def orbax_to_hf(
     if cfg.ln_vision_eps != cfg.vision.layer_norm_eps:
         log(f"note: ln_vision eps {cfg.ln_vision_eps} is written as {cfg.vision.layer_norm_eps}: "
             "HF's post_layernorm shares the ViT's layer_norm_eps")  # fmt: skip
-    with store.atomic_output(out, overwrite=overwrite) as tmp:
+    with store.atomic_output(out, overwrite=overwrite, kind="HF BLIP-2 directory",
+                             created_by="convert/orbax_to_hf.py") as tmp:  # fmt: skip
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
         for key, a in _stored_tensors(src, spec, spec.parts):
             writer.add(key, a if cast is None else a.astype(cast))
@@ -346,6 +367,7 @@ def orbax_to_lavis(
     import torch  # lazy: torch is optional; only the LAVIS formats (pickles) need it
 
     cast = _dtype(dtype)
+    check_separate(out, model_inputs("--src", src))
     spec = model_dir.read_spec(src)
     if spec.vl is None:
         raise CheckpointError(f"{src}: holds only an LLM; there is no VPG to export")
@@ -377,10 +399,13 @@ def llm_to_hf(
     """The LLM of a model directory (or of any checkpoint holding one) → a HF causal-LM directory
     (``config.json`` + ``model.safetensors`` + the tokenizer files of ``tokenizer_dir``) that
     ``AutoModelForCausalLM.from_pretrained`` opens."""
+    check_separate(out, {**model_inputs("src", src), "tokenizer_dir": tokenizer_dir})
     spec, flat = model_dir.read_parts(src, ["llm"])
     tensors = dict(export_tensors(flat.items(), llms.weight_rules(spec.llm, "llm.")))
     hf_config = {**llms.config_to_hf(spec.llm), "torch_dtype": "float32"}
-    with store.atomic_output(out, overwrite=overwrite) as tmp:
+    made_by = "vpgtrans_jax.checkpoint.convert.llm_to_hf"
+    with store.atomic_output(out, overwrite=overwrite, kind="HF LLM directory",
+                             created_by=made_by) as tmp:  # fmt: skip
         write_safetensors(os.path.join(tmp, "model.safetensors"), tensors)
         for name in os.listdir(tokenizer_dir) if tokenizer_dir else []:
             if os.path.isfile(os.path.join(tokenizer_dir, name)):
@@ -397,4 +422,5 @@ __all__ = [
     "orbax_to_lavis",
     "vpg_configs",
     "llm_to_hf",
+    "model_inputs",
 ]

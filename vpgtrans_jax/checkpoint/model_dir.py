@@ -428,7 +428,10 @@ def write_model_dir(
     """
     refs = _by_part(sources or {}, spec)
     why = _by_part(origins or {}, spec)
-    with store.atomic_output(out, overwrite=overwrite) as tmp:
+    with store.atomic_output(
+        out, overwrite=overwrite, kind="model directory", created_by=created_by,
+        also_ours=_is_plain_model_dir,
+    ) as tmp:  # fmt: skip
         writer = PartWriter(tmp, group_bytes)
         write(writer)
         groups = writer.close()
@@ -467,6 +470,12 @@ def write_model_dir(
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=False)
     return manifest
+
+
+def _is_plain_model_dir(path: str) -> bool:
+    """A model directory written before outputs carried a marker: its manifest and params only."""
+    entries = set(os.listdir(path))
+    return MANIFEST in entries and entries <= {MANIFEST, "params"}
 
 
 def _by_part(d: Mapping[str, Any], spec: ModelSpec) -> dict[str, Any]:
