@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from transformers import Blip2ForConditionalGeneration
 
 import vpgtrans_jax
 from tests import torch_reference as F
@@ -260,21 +261,29 @@ def test_hf_to_orbax_script_prints_one_error_line(world, tmp_path):
 # ---- item 15: a trained (non-zero) ViT k bias ------------------------------------------------
 
 
-def test_nonzero_vit_k_bias_is_dropped_and_logits_match_transformers(tmp_path, caplog):
-    pt = F.tiny_blip2("opt", seed=32)
-    dim = pt.config.vision_config.hidden_size
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for layer in pt.vision_model.encoder.layers:
-            layer.self_attn.qkv.bias[dim : 2 * dim] = torch.randn(dim, generator=g)
-    pt.save_pretrained(tmp_path / "hf")
+def test_nonzero_vit_k_bias_is_dropped_and_logits_match_transformers(world, tmp_path, caplog):
+    # A random k bias in every ViT layer (the middle third of the fused qkv.bias).
+    hf = _copy(world / "hf", tmp_path / "k_bias")
+    st = SafetensorsFile(str(hf / "model.safetensors"))
+    tensors = {k: st.read(k) for k in st}
+    rng = np.random.default_rng(5)
+    fused = [k for k in tensors if k.endswith("self_attn.qkv.bias")]
+    for key in fused:
+        d = tensors[key].shape[0] // 3
+        tensors[key][d : 2 * d] = rng.standard_normal(d).astype(np.float32)
+    write_safetensors(str(hf / "model.safetensors"), tensors)
+    pt = Blip2ForConditionalGeneration.from_pretrained(hf, dtype=torch.float32).eval()
+    k_bias = pt.vision_model.encoder.layers[0].self_attn.qkv.bias.detach()[d : 2 * d]
+    assert float(k_bias.abs().min()) > 0  # transformers holds (and uses) the k bias
+
     with caplog.at_level(logging.INFO, logger="vpgtrans_jax"):
-        model = vpgtrans_jax.load(str(tmp_path / "hf"))
+        model = vpgtrans_jax.load(str(hf))
     notes = [r.getMessage() for r in caplog.records if "k bias" in r.getMessage()]
-    assert len(notes) == 1 and "dropped the non-zero k bias of 2 ViT attention layer" in notes[0]
+    assert len(notes) == 1, notes
+    assert f"dropped the non-zero k bias of {len(fused)} ViT attention layer" in notes[0]
     pixels, ids, mask = F.inputs(vocab=pt.config.text_config.vocab_size, image=28)
     with jax.default_matmul_precision("highest"):
-        ours = np.asarray(model(pixels, ids, mask))
+        ours = np.asarray(nnx.jit(lambda m, *x: m(*x))(model, pixels, ids, mask))
     theirs = F.torch_logits(pt, pixels, ids, mask)[:, pt.config.num_query_tokens :]
     assert float(np.abs(ours - theirs).max()) <= 1e-4
 
