@@ -128,7 +128,7 @@ def build_word_converter(
       fit: optimisation settings (None: the original recipe).
       process_captions: apply LAVIS ``blip_caption`` first.
       overwrite: replace an existing ``out_dir`` (only an earlier output of ours; module
-        docstring). Checked, with ``out_dir`` against the inputs, before any work.
+        docstring). Checked, like ``out_dir`` against the inputs, before the fit.
 
     Returns:
       the prompt-space ``WordConverter`` (``meta["metrics"]["heldout_cosine"]`` is the report).
@@ -139,12 +139,12 @@ def build_word_converter(
     if out_dir is not None:
         inputs = {"--src_llm": src_llm, "--tgt_llm": tgt_llm, "--text": list(text_files)}
         check_separate(out_dir, inputs)
-        check_replaceable(os.path.abspath(out_dir), overwrite=overwrite,
-                          also_ours=_is_converter_dir)  # fmt: skip
     say = log or (lambda _: None)
     src, tgt = read_input_embeddings(src_llm), read_input_embeddings(tgt_llm)
     src_tok, tgt_tok = load_tokenizer(src_llm), load_tokenizer(tgt_llm)
     captions = alignment.read_captions(text_files, process=process_captions)
+    if out_dir is not None:  # before the fit; the inputs' own errors come first
+        check_replaceable(out_dir, overwrite=overwrite, also_ours=_is_converter_dir)
     pairs, stats = alignment.align(align, captions, src_tok, tgt_tok)
     say(f"{align}: {stats}")
     if len(pairs) == 0:
