@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.chat_util import make_chat_model_dir
 from tests.scripts_util import run_script
-from vpgtrans_jax.chat import terminal
+from vpgtrans_jax.chat import bench, terminal
 from vpgtrans_jax.chat.session import MAX_IMAGE_BYTES, ChatModel, ChatSettings
 from vpgtrans_jax.checkpoint.model_dir import MANIFEST
 from vpgtrans_jax.data.text import encode_generation
@@ -181,3 +181,19 @@ def test_chat_script_refuses_a_model_without_tokenizer(setup):
     r = run_script("scripts/chat.py", f"--model={bare}", f"--image={image}", "--ask=hi")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert r.stderr.startswith("error: model directory") and "--tokenizer" in r.stderr
+
+
+def test_bench_prints_first_token_latency_and_rates(setup, capsys):
+    _, _, image, chat = setup
+    r = bench.run(chat, bench.Options(max_new_tokens=5, reps=1), image)
+    assert r["new_tokens"] == 5 and r["first_token_s"] > 0 and r["stream_vs_generate"] > 0
+    out = capsys.readouterr().out
+    assert "time to first token" in out and "streamed / generate" in out
+
+
+def test_webui_binds_locally_and_shares_only_when_asked():
+    r = run_script("scripts/webui.py", "--help")
+    assert r.returncode == 0, r.stderr
+    flat = " ".join(r.stdout.split())
+    assert "--host: address to bind (0.0.0.0: every interface) (default: '127.0.0.1')" in flat
+    assert "--[no]share: also open a public gradio.live link (default: 'false')" in flat

@@ -181,7 +181,10 @@ class ChatModel:
         tok_dir = tokenizer or find_tokenizer(path, info)
         chosen = get_template(template or info.get("chat_template") or DEFAULT_TEMPLATE)
         model = vpgtrans_jax.load(path, **({"dtype": dtype} if dtype else {}))
-        return cls(model, load_tokenizer(tok_dir), chosen, name=os.path.basename(path.rstrip("/")))
+        parent, name = os.path.split(os.path.abspath(path))
+        if name == "export":  # a training workdir's export: the workdir names it
+            name = os.path.join(os.path.basename(parent), name)
+        return cls(model, load_tokenizer(tok_dir), chosen, name=name)
 
     def session(self) -> ChatSession:
         return ChatSession(self)

@@ -47,15 +47,18 @@ def build(chat: ChatModel) -> Any:
         return state if state is not None else chat.session()
 
     def on_image(file: str | None, state: ChatSession | None):
+        """Returns (state, preview, chat, status, upload box): the box is emptied for the next
+        upload; a refused image changes nothing else."""
         session = session_of(state)
         if not file:
-            return session, None, [], ""
+            return session, gr.update(), gr.update(), "", None
         try:
             session.set_image(file)
-        except ChatInputError as e:  # nothing changed: the image and conversation stay
-            return session, gr.update(), gr.update(), _refused(e)
+        except ChatInputError as e:
+            return session, gr.update(), gr.update(), _refused(e), None
         name = os.path.basename(file)
-        return session, _preview(session.pixels), [], f"Image {name} ready: ask about it."
+        status = f"Image {name} ready: ask about it."
+        return session, _preview(session.pixels), [], status, None
 
     def on_message(
         message: str, history: list, state: ChatSession | None, beams: float,
@@ -110,7 +113,7 @@ def build(chat: ChatModel) -> Any:
                                          elem_id="message", scale=4)  # fmt: skip
                     send = gr.Button("Send", elem_id="send", variant="primary", scale=1)
                 clear = gr.Button("Clear conversation", elem_id="clear")
-        upload.change(on_image, [upload, state], [state, preview, chatbot, status])
+        upload.upload(on_image, [upload, state], [state, preview, chatbot, status, upload])
         inputs = [message, chatbot, state, beams, temperature, top_p, max_new]
         outputs = [message, chatbot, state, status]
         message.submit(on_message, inputs, outputs)
