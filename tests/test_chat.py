@@ -23,6 +23,9 @@ from vpgtrans_jax.errors import ChatInputError
 from vpgtrans_jax.generation import decode_outputs, generate
 from vpgtrans_jax.generation.stream import TRACES
 from vpgtrans_jax.generation.text import text_end
+from vpgtrans_jax.tiny import chat_corpus
+from vpgtrans_jax.tiny.chat_model import tiny_instruct_config
+from vpgtrans_jax.train.export import export_info
 
 QUESTIONS = ["what colour is the circle?", "how many squares are there?"]
 
@@ -197,3 +200,27 @@ def test_webui_binds_locally_and_shares_only_when_asked():
     flat = " ".join(r.stdout.split())
     assert "--host: address to bind (0.0.0.0: every interface) (default: '127.0.0.1')" in flat
     assert "--[no]share: also open a public gradio.live link (default: 'false')" in flat
+
+
+def test_stage3_exports_record_their_chat_template_and_tokenizer():
+    c = tiny_instruct_config()
+    info = export_info(c)
+    assert info["chat_template"] == "vicuna_v0" and info["stage"] == "instruct"
+    assert os.path.isabs(info["tokenizer"])
+    c.chat_template = ""  # stage-1/2 configs record none: the chat uses blip2
+    assert "chat_template" not in export_info(c)
+
+
+def test_tiny_instruction_corpus(setup):
+    root = setup[0]
+    data = os.path.join(root, "data")
+    align = chat_corpus.ensure_chat_align(data)
+    entries = json.load(open(os.path.join(align, "filter_cap.json")))["annotations"]
+    questions = json.load(open(os.path.join(data, "annotations", "vqa_train_questions.json")))
+    assert len(entries) == len(questions["questions"]) > 0
+    images = [os.path.join(align, "image", f"{e['image_id']}.jpg") for e in entries]
+    assert all(os.path.isfile(p) for p in images)
+    assert chat_corpus.ensure_chat_align(data) == align  # cached
+    texts = chat_corpus.chat_texts(data)
+    assert texts and all(t.startswith("###Human: <Img></Img> ") for t in texts)
+    assert all("###Assistant: " in t and t.endswith("###") for t in texts)
