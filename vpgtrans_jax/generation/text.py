@@ -149,4 +149,3 @@ def generate_text(
     )
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     return decode_outputs(tokenizer, tokens, eos, pad_token_id, text_end(end))
-
