@@ -248,6 +248,17 @@ class Engine:
         slots = bucket_length(q + columns + room, self.slot_buckets)
         return Shapes(bucket_length(len(rows), self.row_buckets), columns, slots)
 
+    def warm_up(self, prompt_tokens: int = 16, max_new_tokens: int | None = None) -> None:
+        """Compiles the prefill and the step of every row bucket for prompts of up to
+        ``prompt_tokens`` tokens and answers of ``max_new_tokens`` (default: what fits)."""
+        room = max_new_tokens or self.room_limit - prompt_tokens
+        s = self.image_size
+        for b in self.row_buckets:
+            # Cancelled rows end after the first token: one prefill and one step are run.
+            rows = [Row([self.pad_token_id] * prompt_tokens, 0, np.zeros((s, s, 3), np.float32),
+                        room, lambda _: None, cancelled=True) for _ in range(b)]  # fmt: skip
+            self.run_batch(rows)
+
     def _inputs(self, rows: Sequence[Row], shapes: Shapes) -> dict[str, np.ndarray]:
         """The padded host arrays of a batch; padding rows are one pad token, greedy."""
         b, t = shapes.rows, shapes.columns
