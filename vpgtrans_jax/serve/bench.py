@@ -146,7 +146,7 @@ def bench_serve(
         engine.warm_up()
         servers[mode] = BackgroundServer(create_app(served, engine)).__enter__()
     try:
-        for mode, s in servers.items():  # the buckets this load reaches beyond warm_up's
+        for s in servers.values():  # the buckets this load reaches beyond warm_up's
             run_load(s.url, served.name, clients, warm_up_seconds, max_tokens)
         results: dict[str, list[dict]] = {m: [] for m in modes}
         for _ in range(rounds):
@@ -169,9 +169,9 @@ def report(result: dict[str, Any]) -> str:
     """The figures as a table, one line per round and mode, then the ratio."""
     cols = ("requests_per_s", "tokens_per_s", "p50_latency_s", "p99_latency_s", "p50_ttft_s",
             "p99_ttft_s")  # fmt: skip
+    header = f"{'mode':<15}{'round':>6}" + "".join(f"{c:>16}" for c in cols) + f"{'errors':>8}"
     lines = [f"{result['clients']} clients, {result['seconds']:.0f} s per round, "
-             f"max_tokens {result['max_tokens']}, temperature 0",
-             f"{'mode':<15}{'round':>6}" + "".join(f"{c:>16}" for c in cols) + f"{'errors':>8}"]  # fmt: skip
+             f"max_tokens {result['max_tokens']}, temperature 0", header]  # fmt: skip
     for mode, rounds in result["rounds"].items():
         for i, r in enumerate(rounds):
             lines.append(f"{mode:<15}{i:>6}" + "".join(f"{r[c]:>16.3f}" for c in cols)
