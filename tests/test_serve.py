@@ -33,8 +33,8 @@ from vpgtrans_jax.serve.server import BackgroundServer, make_engine
 from vpgtrans_jax.tiny.tokenizer import train_tokenizer
 from vpgtrans_jax.train import builder, config_base, presets
 
-LIMITS = Limits(max_n=4, max_tokens=24, max_image_bytes=100_000, max_image_pixels=500_000)
-MAX_BATCH, MAX_QUEUE = 4, 8
+LIMITS = Limits(max_n=2, max_tokens=24, max_image_bytes=100_000, max_image_pixels=500_000)
+MAX_BATCH, MAX_QUEUE = 2, 4  # few row buckets: few compilations
 
 
 def _png(size: tuple[int, int], colour=(200, 30, 30)) -> bytes:
@@ -51,7 +51,8 @@ def _data_url(data: bytes, kind: str = "png") -> str:
 def served(tmp_path_factory):
     tok_dir = str(tmp_path_factory.mktemp("tokenizer"))
     words = "what is the colour of a red blue green circle square image on left right " * 3
-    train_tokenizer([words, "###Human: ###Assistant: <Img><ImageHere></Img>"], tok_dir, 320)
+    template = "###Human: <Img><ImageHere></Img> ###Assistant: "
+    train_tokenizer([words, template, "describe the image"], tok_dir, 512)
     c = config_base.base_config()
     presets.tiny(c, llm_type="llama")
     model = VLModel(builder.random_model_config(c), rngs=nnx.Rngs(0))
@@ -73,9 +74,9 @@ def client(server):
 
 
 def _ask(client, content="what is the colour of the circle?", **kw):
-    kw = {"max_tokens": 6, "temperature": 0, **kw}
+    kw = {"model": "tiny-test", "max_tokens": 6, "temperature": 0, **kw}
     messages = [{"role": "user", "content": content}]
-    return client.chat.completions.create(model="tiny-test", messages=messages, **kw)
+    return client.chat.completions.create(messages=messages, **kw)
 
 
 def test_models_and_health(server, client):
@@ -141,7 +142,7 @@ BAD = {
     "remote_url": ({"image": "https://example.com/cat.png"}, "remote_image_not_supported", None),
     "unknown_model": ({"model": "gpt-4o"}, "model_not_found", "model"),
     "prompt_too_long": ({"text": "red blue green circle " * 60}, "context_length_exceeded", None),
-    "n_over_limit": ({"n": 5}, None, "n"),
+    "n_over_limit": ({"n": 3}, None, "n"),
     "max_tokens_over_limit": ({"max_tokens": 1000}, None, "max_tokens"),
 }  # fmt: skip
 
@@ -185,8 +186,8 @@ def test_full_queue_is_503_with_retry_after(server, client):
     engine = server.engine
     engine.hold(True)  # nothing is decoded: requests stay queued
     results = []
-    waiting = [threading.Thread(target=lambda: results.append(_ask(client, n=4)))
-               for _ in range(MAX_QUEUE // 4)]  # fmt: skip
+    waiting = [threading.Thread(target=lambda: results.append(_ask(client, n=2)))
+               for _ in range(MAX_QUEUE // 2)]  # fmt: skip
     try:
         for t in waiting:
             t.start()
@@ -203,7 +204,7 @@ def test_full_queue_is_503_with_retry_after(server, client):
         engine.hold(False)
         for t in waiting:
             t.join(timeout=120)
-    assert len(results) == len(waiting) and all(len(r.choices) == 4 for r in results)
+    assert len(results) == len(waiting) and all(len(r.choices) == 2 for r in results)
 
 
 def test_steady_state_compiles_nothing(server, client):
@@ -211,25 +212,28 @@ def test_steady_state_compiles_nothing(server, client):
     compiled programs."""
     before = dict(engine_lib.TRACES)
     prompts = ["what", "what is the colour of the square on the left", "describe the image"]
-    threads = [
-        threading.Thread(target=_ask, args=(client, prompts[i % 3]),
-                         kwargs={"max_tokens": 3 + i, "temperature": 0.5 * (i % 2), "n": 1 + i % 2})
-        for i in range(6)
+    done = []
+    ask = lambda *a, **kw: done.append(_ask(*a, **kw))
+    threads = [  # 4 sequences: the queue's size
+        threading.Thread(target=ask, args=(client, prompts[i]),
+                         kwargs={"max_tokens": 3 + 5 * i, "temperature": 0.5 * i, "n": 1 + i % 2})
+        for i in range(3)
     ]  # fmt: skip
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert len(done) == 3
     assert dict(engine_lib.TRACES) == before
 
 
 def test_batched_greedy_equals_generate_alone(served):
     """Rows of different prompts, images and lengths decoded in one batch give each the tokens
     ``generate`` gives it alone."""
-    engine = make_engine(served, max_batch=4)
+    engine = make_engine(served, max_batch=MAX_BATCH)
     rng = np.random.default_rng(0)
     rows, outputs = [], []
-    for n, image_at, new in ((5, 2, 6), (17, 0, 4), (11, 7, 9)):
+    for n, image_at, new in ((5, 2, 6), (17, 0, 9)):
         out: list = []
         outputs.append(out)
         rows.append(engine_lib.Row(
@@ -238,13 +242,16 @@ def test_batched_greedy_equals_generate_alone(served):
         ))  # fmt: skip
     engine.run_batch(rows)
     for row, out in zip(rows, outputs, strict=True):
+        # Alone, padded on the left to one width (one compilation of ``generate`` serves both).
+        pad = 17 - len(row.prompt)
         alone = generate(
-            served.model, row.pixels[None], np.asarray([row.prompt]),
-            max_new_tokens=row.max_new_tokens, eos_token_id=served.eos_token_ids,
-            pad_token_id=served.pad_token_id, image_offsets=np.asarray([row.image_at]),
+            served.model, row.pixels[None], np.asarray([[0] * pad + row.prompt]),
+            np.asarray([[0] * pad + [1] * len(row.prompt)]), max_new_tokens=9,
+            eos_token_id=served.eos_token_ids, pad_token_id=served.pad_token_id,
+            image_offsets=np.asarray([pad + row.image_at]),
         )  # fmt: skip
         tokens = [t for t in out if isinstance(t, int)]
-        expect = [int(t) for t in np.asarray(alone)[0]]
+        expect = [int(t) for t in np.asarray(alone)[0]][: row.max_new_tokens]
         end = next((i for i, t in enumerate(expect) if t in served.eos_token_ids), len(expect))
         assert tokens == expect[:end]
         assert out[-1] == ("stop" if end < len(expect) else "length")
