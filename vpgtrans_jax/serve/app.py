@@ -5,7 +5,6 @@ Every refusal is an OpenAI error object (``{"error": {"message", "type", "param"
 engine's queue is full. The engine's worker starts and stops with the application.
 """
 
-
 import asyncio
 import contextlib
 import logging

@@ -27,6 +27,8 @@ import numpy as np
 from flax import nnx
 
 from vpgtrans_jax.data.text import bucket_length
+from vpgtrans_jax.generation.config import GenerationConfig
+from vpgtrans_jax.generation.decode import start
 from vpgtrans_jax.generation.rows import choose_rows, row_keys
 from vpgtrans_jax.models.vl_model import VLModel
 
@@ -294,7 +296,9 @@ class Engine:
         shapes = self.shapes(rows)
         x = self._inputs(rows, shapes)
         room = shapes.slots - self.num_query_tokens - shapes.columns
-        tok, state = _prefill_jit(self._graphdef, self._params, x, room=room)
+        # Greedy settings: the rows' own sampling settings are arrays (``choose_rows``).
+        cfg = GenerationConfig(room, tuple(int(e) for e in self.eos), self.pad_token_id)
+        tok, state = _prefill_jit(self._graphdef, self._params, x, cfg=cfg)
         produced = np.zeros(len(rows), np.int32)
         done = np.zeros(len(rows), bool)
         steps = max(r.max_new_tokens for r in rows)
@@ -332,16 +336,15 @@ class Engine:
 
 
 def _prefill(
-    graphdef: nnx.GraphDef, params: nnx.State, x: dict[str, jax.Array], room: int
+    graphdef: nnx.GraphDef, params: nnx.State, x: dict[str, jax.Array], cfg: GenerationConfig
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The prompts into a fresh cache and the first new token: (int32[B], decoding state)."""
+    """The prompts into a fresh cache with room for ``cfg.max_new_tokens`` and the first new
+    token: (int32[B], decoding state)."""
     TRACES["prefill"] += 1
     model = nnx.merge(graphdef, params)
-    logits, cache, full_mask, positions = model.prefill(
-        x["pixels"], x["ids"], x["mask"], room, x["offsets"]
+    logits, cache, full_mask, positions, _ = start(
+        model, x["pixels"], x["ids"], x["mask"], cfg, x["offsets"]
     )
-    if not model.config.llm.scan_layers:
-        cache = cache.per_layer()  # each layer's buffer updated in place (as generation does)
     keys = row_keys(x["seeds"], x["streams"])
     tok = choose_rows(logits, x["temperature"], x["top_p"], keys, jnp.int32(0))
     state = {
@@ -369,6 +372,6 @@ def _step(
     return tok, {**state, "cache": cache, "tok": tok}
 
 
-_prefill_jit = jax.jit(_prefill, static_argnames=("graphdef", "room"))
+_prefill_jit = jax.jit(_prefill, static_argnames=("graphdef", "cfg"))
 # The state (the KV cache above all) is donated: each step updates it in place.
 _step_jit = jax.jit(_step, static_argnames=("graphdef",), donate_argnames=("state",))
