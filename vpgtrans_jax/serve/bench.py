@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vpgtrans_jax.serve.app import create_app
+from vpgtrans_jax.serve.protocol import Message
 from vpgtrans_jax.serve.served_model import ServedModel
 from vpgtrans_jax.serve.server import BackgroundServer, make_engine
 
@@ -140,10 +141,12 @@ def bench_serve(
     load. Returns the per-round figures and ``ratio`` (batched / one-at-a-time tokens/s over
     all rounds)."""
     modes = {"batched": max_batch, "one_at_a_time": 1}
+    # The longest prompt of the load (its shape bucket is compiled before any request).
+    longest = max(len(served.encode([Message("user", q)], np.zeros(0)).ids) for q in QUESTIONS)
     servers = {}
     for mode, batch in modes.items():
         engine = make_engine(served, max_batch=batch, max_queue=max(256, 4 * clients))
-        engine.warm_up()
+        engine.warm_up(longest, max_tokens)
         servers[mode] = BackgroundServer(create_app(served, engine)).__enter__()
     try:
         for s in servers.values():  # the buckets this load reaches beyond warm_up's
