@@ -120,7 +120,7 @@ class Engine:
         self.num_query_tokens = cfg.num_query_tokens
         self.context = int(cfg.llm.max_position_embeddings)
         self.image_size = cfg.vision.image_size
-        self.eos = np.asarray(list(eos_token_ids), np.int32)
+        self.eos = frozenset(int(e) for e in eos_token_ids)
         self.pad_token_id = int(pad_token_id)
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -297,7 +297,7 @@ class Engine:
         x = self._inputs(rows, shapes)
         room = shapes.slots - self.num_query_tokens - shapes.columns
         # Greedy settings: the rows' own sampling settings are arrays (``choose_rows``).
-        cfg = GenerationConfig(room, tuple(int(e) for e in self.eos), self.pad_token_id)
+        cfg = GenerationConfig(room, tuple(sorted(self.eos)), self.pad_token_id)
         tok, state = _prefill_jit(self._graphdef, self._params, x, cfg=cfg)
         produced = np.zeros(len(rows), np.int32)
         done = np.zeros(len(rows), bool)
