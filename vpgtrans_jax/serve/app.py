@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from vpgtrans_jax.serve.completions import Completion
-from vpgtrans_jax.serve.engine import Engine, QueueFull
+from vpgtrans_jax.serve.engine import Engine, QueueFull, emit_all
 from vpgtrans_jax.serve.protocol import Limits, RequestError, parse_request
 from vpgtrans_jax.serve.served_model import ServedModel
 
@@ -52,6 +52,9 @@ def create_app(served: ServedModel, engine: Engine, limits: Limits | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        # One wake-up of the event loop per decoding step, whatever the batch size.
+        engine.deliver = lambda events: loop.call_soon_threadsafe(emit_all, events)
         engine.start()
         yield
         await asyncio.to_thread(engine.stop)

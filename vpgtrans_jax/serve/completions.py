@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from vpgtrans_jax.generation.stream import TextStream
-from vpgtrans_jax.serve.engine import STOP, Row
+from vpgtrans_jax.serve.engine import STOP, Event, Row
 from vpgtrans_jax.serve.protocol import ChatRequest
 from vpgtrans_jax.serve.served_model import Prompt, ServedModel
 
@@ -105,7 +105,6 @@ class Completion:
         self.id = "chatcmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
         self.events: asyncio.Queue[tuple[int, int | str | Exception]] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
         seed = secrets.randbits(32) if request.seed is None else request.seed
         self.choices = []
         rows = []
@@ -117,8 +116,8 @@ class Completion:
                 StopStrings(request.stop),
             )  # fmt: skip
 
-            def emit(event: int | str | Exception, i: int = i) -> None:
-                loop.call_soon_threadsafe(self.events.put_nowait, (i, event))
+            def emit(event: Event, i: int = i) -> None:  # on the event loop (engine.deliver)
+                self.events.put_nowait((i, event))
 
             choice.row = Row(
                 prompt=prompt.ids,
@@ -140,21 +139,27 @@ class Completion:
             if c.row is not None:
                 c.row.cancelled = True
 
-    async def deltas(self) -> AsyncIterator[tuple[int, str, str | None]]:
-        """(choice index, new text, finish reason or None) until every choice has finished.
-        An engine failure is raised here."""
+    async def deltas(self) -> AsyncIterator[list[tuple[int, str, str | None]]]:
+        """Lists of (choice index, new text, finish reason or None): what arrived since the
+        last list (at least one event), until every choice has finished. An engine failure is
+        raised here."""
         left = len(self.choices)
         while left:
-            i, event = await self.events.get()
-            c = self.choices[i]
-            if c.finish_reason is not None:
-                continue  # events of a row after its consumer finished it
-            if isinstance(event, Exception):
-                raise event
-            text = c.on_end(event) if isinstance(event, str) else c.on_token(event)
-            if c.finish_reason is not None:
-                left -= 1
-            yield i, text, c.finish_reason
+            events = [await self.events.get()]
+            while not self.events.empty():
+                events.append(self.events.get_nowait())
+            out = []
+            for i, event in events:
+                c = self.choices[i]
+                if c.finish_reason is not None:
+                    continue  # events of a row after its consumer finished it
+                if isinstance(event, Exception):
+                    raise event
+                text = c.on_end(event) if isinstance(event, str) else c.on_token(event)
+                if c.finish_reason is not None:
+                    left -= 1
+                out.append((i, text, c.finish_reason))
+            yield out
 
     def usage(self) -> dict[str, int]:
         prompt = len(self.prompt.ids) + self.served.num_query_tokens
@@ -195,11 +200,15 @@ class Completion:
             yield self._chunk([delta(c.index, {"role": "assistant", "content": ""})
                                for c in self.choices])  # fmt: skip
             try:
-                async for i, text, reason in self.deltas():
-                    if text:
-                        yield self._chunk([delta(i, {"content": text})])
-                    if reason is not None:
-                        yield self._chunk([delta(i, {}, reason)])
+                async for events in self.deltas():
+                    chunks = []  # sent together: one write for what arrived together
+                    for i, text, reason in events:
+                        if text:
+                            chunks.append(self._chunk([delta(i, {"content": text})]))
+                        if reason is not None:
+                            chunks.append(self._chunk([delta(i, {}, reason)]))
+                    if chunks:
+                        yield "".join(chunks)
             except Exception as e:  # the response has started: the error goes in the stream
                 error = {"message": f"generation failed: {e}", "type": "server_error",
                          "param": None, "code": None}  # fmt: skip

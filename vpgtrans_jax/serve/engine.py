@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 TRACES: collections.Counter[str] = collections.Counter()
 
 STOP, LENGTH = "stop", "length"  # OpenAI's finish reasons
+Event = int | str | Exception  # a token, a finish reason, or a failure
 
 
 class QueueFull(RuntimeError):
@@ -55,8 +56,9 @@ class Row:
       max_new_tokens: the row stops after this many new tokens.
       temperature: 0 = greedy; top_p: nucleus mass in (0, 1]; seed, stream: the row's random
         stream (``fold_in(key(seed), stream)``: the choices of a request share the seed).
-      emit: called on the worker thread with each new token (an int), then once with the
-        finish reason (``"stop"`` / ``"length"``) or an ``Exception`` if decoding failed.
+      emit: called with each new token (an int), then once with the finish reason
+        (``"stop"`` / ``"length"``) or an ``Exception`` if decoding failed; on the worker thread,
+        or wherever the engine's ``deliver`` runs it.
       cancelled: set by the consumer (a stop string was reached, the client left): the row
         stops at the next step with reason ``"stop"``.
     """
@@ -65,7 +67,7 @@ class Row:
     image_at: int
     pixels: np.ndarray
     max_new_tokens: int
-    emit: Callable[[int | str | Exception], None]
+    emit: Callable[[Event], None]
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
@@ -102,6 +104,9 @@ class Engine:
       max_batch: rows decoded together at most (a power of two keeps the buckets few).
       max_queue: rows waiting at most; ``submit`` raises ``QueueFull`` beyond.
       gather_ms: how long the worker waits for more requests after the first one.
+      deliver: runs ``emit_all(events)`` for the events of one step (a list of (row, event));
+        default: at once, on the worker thread. A server passes a function that hands them to
+        its event loop in one wake-up per step instead of one per row.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class Engine:
         max_batch: int = 32,
         max_queue: int = 256,
         gather_ms: float = 5.0,
+        deliver: Callable[[list[tuple[Row, Event]]], None] | None = None,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch={max_batch} and max_queue={max_queue} must be >= 1")
@@ -132,8 +138,9 @@ class Engine:
                 f"{self.num_query_tokens} soft-prompt tokens"
             )
         self.row_buckets = powers_of_two(1, max_batch)
-        self.column_buckets = powers_of_two(min(16, self.room_limit - 1), self.room_limit - 1)
+        self.column_buckets = powers_of_two(min(32, self.room_limit - 1), self.room_limit - 1)
         self.slot_buckets = powers_of_two(min(64, self.context), self.context)
+        self.deliver = deliver or emit_all
         self._graphdef, self._params = nnx.split(model)
         self._pending: collections.deque[list[Row]] = collections.deque()
         self._pending_rows = 0
@@ -196,8 +203,7 @@ class Engine:
             left, self._pending = list(self._pending), collections.deque()
             self._pending_rows = 0
         for rows in left:
-            for r in rows:
-                r.emit(RuntimeError("the server is shutting down"))
+            self.deliver([(r, RuntimeError("the server is shutting down")) for r in rows])
 
     def hold(self, held: bool) -> None:
         """While held, the worker starts no new batch (requests queue up); for maintenance
@@ -232,8 +238,7 @@ class Engine:
                 self.run_batch(batch)
             except Exception as e:  # a failed batch fails its rows, never the server
                 log.exception("decoding a batch of %d rows failed", len(batch))
-                for r in batch:
-                    r.emit(e)
+                self.deliver([(r, e) for r in batch])
 
     # -- decoding -------------------------------------------------------------------------------
 
@@ -316,23 +321,32 @@ class Engine:
     def _hand_out(
         self, rows: Sequence[Row], tok: np.ndarray, produced: np.ndarray, done: np.ndarray
     ) -> None:
+        events: list[tuple[Row, Event]] = []
         for n, r in enumerate(rows):
             if done[n]:
                 continue
             if r.cancelled:
                 done[n] = True
-                r.emit(STOP)
+                events.append((r, STOP))
                 continue
             t = int(tok[n])
             produced[n] += 1
             if t in self.eos:
                 done[n] = True
-                r.emit(STOP)
+                events.append((r, STOP))
                 continue
-            r.emit(t)
+            events.append((r, t))
             if produced[n] >= r.max_new_tokens:
                 done[n] = True
-                r.emit(LENGTH)
+                events.append((r, LENGTH))
+        if events:
+            self.deliver(events)
+
+
+def emit_all(events: list[tuple[Row, Event]]) -> None:
+    """Hands each event to its row's consumer."""
+    for row, event in events:
+        row.emit(event)
 
 
 def _prefill(
