@@ -257,6 +257,9 @@ def test_batched_greedy_equals_generate_alone(served):
         assert out[-1] == ("stop" if end < len(expect) else "length")
 
 
-def test_serve_script_reports_a_missing_model(tmp_path):
+def test_serve_script_binds_localhost_and_reports_a_missing_model(tmp_path):
+    r = run_script("scripts/serve.py", "--help", timeout=120)
+    assert r.returncode == 0 and "--host: address to bind" in r.stdout
+    assert "(default: '127.0.0.1')" in r.stdout.split("--host:", 1)[1].split("--", 1)[0]
     r = run_script("scripts/serve.py", f"--model={tmp_path / 'nothing'}", timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error:")
