@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
     # on the synthetic captions for this many steps (cached) and sets llm_init to it, so that the
     # frozen LLM is a language model, as in real runs.
     c.model.tiny_llm_steps = 0
+    # What that tiny LLM reads: "captions", or "chat" (the captions and the synthetic
+    # instruction conversations in the vicuna_v0 chat format, for the tiny stage-3 chat model).
+    c.model.tiny_llm_corpus = "captions"
     c.model.arch = ml_collections.ConfigDict(
         dict(
             vision=arch_dict(VisionConfig),
@@ -162,6 +165,10 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0: also export the model every this many epochs to <workdir>/exports/epoch_<k> (k = epochs
     # done), so that each epoch can be evaluated (the transfer's speed-up curves).
     c.export_every_epochs = 0
+    # The chat template the exported model answers in (vpgtrans_jax.chat.conversation's names),
+    # recorded in the export's manifest (info.chat_template) so the chat picks it; "" = none
+    # (stage-1/2 models: the chat uses BLIP-2's "Question: {} Answer:").
+    c.chat_template = ""
     return c
 
 
@@ -247,6 +254,13 @@ def validate(c: ml_collections.ConfigDict, *, prepared: bool = True) -> None:
         bad("force_new_run", f"must be True or False, got {c.force_new_run!r}")
     if c.stage not in STAGES:
         bad("stage", f"must be one of {STAGES}, got {c.stage!r}")
+    if c.model.tiny_llm_corpus not in ("captions", "chat"):
+        bad(
+            "model.tiny_llm_corpus",
+            f"must be 'captions' or 'chat', got {c.model.tiny_llm_corpus!r}",
+        )
+    if not isinstance(c.chat_template, str):
+        bad("chat_template", f"must be a template name or '', got {c.chat_template!r}")
     if c.model.init not in ("pretrained", "random"):
         bad("model.init", f"must be 'pretrained' or 'random', got {c.model.init!r}")
     if c.model.init == "pretrained" and c.model.path in ("", REQUIRED):

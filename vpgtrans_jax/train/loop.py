@@ -25,7 +25,7 @@ from vpgtrans_jax.train import workdir as workdir_lib
 from vpgtrans_jax.train.builder import build_model, rules_of
 from vpgtrans_jax.train.config_base import check_warmup, validate
 from vpgtrans_jax.train.data_setup import build_sources, build_train_iterator
-from vpgtrans_jax.train.export import export_model_dir
+from vpgtrans_jax.train.export import export_info, export_model_dir
 from vpgtrans_jax.train.metrics_writer import MetricsLogger
 from vpgtrans_jax.train.step import BATCH_KEYS, TrainState, jit_train_step, make_train_step
 
@@ -261,7 +261,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
                     pretrained_path=model_source.get("path"),
                     created_by=f"scripts/train.py (stage {c.stage}, epoch {epoch_ends[step]}, "
                     f"step {step})",
-                    info={"epoch": epoch_ends[step], "step": step},
+                    info={"epoch": epoch_ends[step], "step": step, **export_info(c)},
                 )
             if step % c.log_every == 0 or step == steps or stop.signal is not None:
                 # A stop flushes its partial window, so the rows of an interrupted run and of
@@ -303,6 +303,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
             os.path.join(workdir, "export"),
             pretrained_path=model_source.get("path"),
             created_by=f"scripts/train.py (stage {c.stage}, step {step})",
+            info=export_info(c),
         )
     summary = {
         "stage": c.stage,

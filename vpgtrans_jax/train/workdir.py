@@ -54,6 +54,7 @@ HARMLESS = (
     "max_bad_steps",  # when a streak of skipped steps stops the run; no update changes
     "data.max_bad_fraction",  # when bad data stops the run; bad samples are skipped either way
     "force_new_run",  # the switch itself
+    "chat_template",  # what the export records for the chat, not what is trained
     "mesh_shape",  # layout only: equal results up to float rounding (a resume on another slice)
     "sharding_rules",
     "model.vision.remat_policy",  # memory/compute trade-off, same values
