@@ -1,6 +1,6 @@
 """Load test of the OpenAI-compatible server: batched vs one request at a time.
 
-  python scripts/bench_serve.py                       # tiny model, 32 clients, 20 s rounds
+  python scripts/bench_serve.py                       # tiny chat model, 32 clients, 20 s rounds
   python scripts/bench_serve.py --model DIR --clients 8 --seconds 60 --rounds 3
 
 Prints requests/s, tokens/s, p50/p99 latency and time-to-first-token of each mode, and the
@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from vpgtrans_jax import cli  # noqa: E402
-from vpgtrans_jax.serve import bench, server, tiny_model  # noqa: E402
+from vpgtrans_jax.serve import bench, server  # noqa: E402
 
-_MODEL = flags.DEFINE_string("model", "", "model directory (default: the tiny random model)")
+_MODEL = flags.DEFINE_string("model", "", "model directory (default: the tiny chat model)")
 _CLIENTS = flags.DEFINE_integer("clients", 32, "concurrent clients")
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "length of one round of one mode")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "rounds per mode (the modes alternate)")
@@ -31,7 +31,7 @@ _OUT = flags.DEFINE_string("out", "", "also write the figures to this JSON file"
 
 
 def main(argv: list[str]) -> None:
-    served = server.load_served(_MODEL.value) if _MODEL.value else tiny_model.random_tiny()
+    served = server.load_served(_MODEL.value)
     result = bench.bench_serve(
         served, clients=_CLIENTS.value, seconds=_SECONDS.value, rounds=_ROUNDS.value,
         max_tokens=_MAX_TOKENS.value, max_batch=_BATCH.value, warm_up_seconds=_WARM.value,

@@ -1,5 +1,6 @@
 """Serves a VL model behind an OpenAI-compatible API (docs/serving.md).
 
+  python scripts/serve.py                                  # the tiny chat model (built once)
   python scripts/serve.py --model DIR                      # http://127.0.0.1:8000/v1
   python scripts/serve.py --model DIR --host 0.0.0.0 --port 9000 --max_batch 16
 
@@ -20,8 +21,8 @@ from vpgtrans_jax import cli  # noqa: E402
 from vpgtrans_jax.serve import server  # noqa: E402
 from vpgtrans_jax.serve.protocol import Limits  # noqa: E402
 
-_MODEL = flags.DEFINE_string("model", None, "model directory (vpgtrans_jax.load)")
-_TOK = flags.DEFINE_string("tokenizer", "", "HF tokenizer directory (default: --model)")
+_MODEL = flags.DEFINE_string("model", "", "model directory (default: the tiny chat model)")
+_TOK = flags.DEFINE_string("tokenizer", "", "HF tokenizer directory (default: the model's)")
 _NAME = flags.DEFINE_string("name", "", "model name clients use (default: the directory's name)")
 _TEMPLATE = flags.DEFINE_string("template", "", "chat template (default: the model's own)")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "address to bind (0.0.0.0: every interface)")
@@ -33,14 +34,11 @@ _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 512, "new tokens per answer at 
 _MAX_N = flags.DEFINE_integer("max_n", 4, "choices per request at most")
 _DTYPE = flags.DEFINE_string("dtype", "", "compute dtype override, e.g. bfloat16")
 _WARM = flags.DEFINE_boolean("warm_up", True, "compile the common shapes before serving")
-flags.mark_flag_as_required("model")
 
 
 def main(argv: list[str]) -> None:
-    served = server.load_served(
-        _MODEL.value, name=_NAME.value, template=_TEMPLATE.value, tokenizer=_TOK.value,
-        **({"dtype": _DTYPE.value} if _DTYPE.value else {}),
-    )  # fmt: skip
+    served = server.load_served(_MODEL.value, name=_NAME.value, template=_TEMPLATE.value,
+                                tokenizer=_TOK.value, dtype=_DTYPE.value)  # fmt: skip
     limits = Limits(max_n=_MAX_N.value, max_tokens=_MAX_TOKENS.value)
     server.serve(
         served, host=_HOST.value, port=_PORT.value, limits=limits, warm_up=_WARM.value,

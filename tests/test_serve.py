@@ -1,8 +1,8 @@
 """The OpenAI-compatible server, driven by the official ``openai`` client on 127.0.0.1.
 
-One tiny random LLaMA-style VL model with the synthetic tokenizer and the ``vicuna_v0`` chat
-template is served in-process (uvicorn in a thread) for the whole module; requests stay in one
-bucket of prompt columns and cache slots, so the shapes compile once.
+The chat tests' tiny random LLaMA-style model directory (synthetic tokenizer, ``vicuna_v0``
+recorded) is served in-process (uvicorn in a thread) for the whole module; requests stay in
+one bucket of prompt columns and cache slots, so the shapes compile once.
 """
 
 from __future__ import annotations
@@ -10,30 +10,28 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 import threading
 import time
+import zlib
 
 import httpx
 import numpy as np
 import openai
 import pytest
-from flax import nnx
 from PIL import Image
 
+from tests.chat_util import make_chat_model_dir
 from tests.scripts_util import run_script
-from vpgtrans_jax.chat.conversation import get_template
-from vpgtrans_jax.data.text import load_tokenizer
+from vpgtrans_jax.chat.session import ChatModel
 from vpgtrans_jax.generation import generate
-from vpgtrans_jax.models.vl_model import VLModel
 from vpgtrans_jax.serve import engine as engine_lib
 from vpgtrans_jax.serve.app import create_app
 from vpgtrans_jax.serve.protocol import Limits
-from vpgtrans_jax.serve.served_model import ServedModel
+from vpgtrans_jax.serve.served_model import from_chat_model
 from vpgtrans_jax.serve.server import BackgroundServer, make_engine
-from vpgtrans_jax.tiny.tokenizer import train_tokenizer
-from vpgtrans_jax.train import builder, config_base, presets
 
-LIMITS = Limits(max_n=2, max_tokens=24, max_image_bytes=100_000, max_image_pixels=500_000)
+LIMITS = Limits(max_n=2, max_tokens=24, max_image_bytes=100_000)
 MAX_BATCH, MAX_QUEUE = 2, 4  # few row buckets: few compilations
 
 
@@ -43,20 +41,22 @@ def _png(size: tuple[int, int], colour=(200, 30, 30)) -> bytes:
     return buf.getvalue()
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` (a decompression bomb's trick)."""
+    data = bytearray(_png((8, 8)))
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # and its checksum
+    return bytes(data)
+
+
 def _data_url(data: bytes, kind: str = "png") -> str:
     return f"data:image/{kind};base64," + base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    tok_dir = str(tmp_path_factory.mktemp("tokenizer"))
-    words = "what is the colour of a red blue green circle square image on left right " * 3
-    template = "###Human: <Img><ImageHere></Img> ###Assistant: "
-    train_tokenizer([words, template, "describe the image"], tok_dir, 512)
-    c = config_base.base_config()
-    presets.tiny(c, llm_type="llama")
-    model = VLModel(builder.random_model_config(c), rngs=nnx.Rngs(0))
-    return ServedModel("tiny-test", model, load_tokenizer(tok_dir), get_template("vicuna_v0"))
+    path, _ = make_chat_model_dir(str(tmp_path_factory.mktemp("serve")))
+    return from_chat_model(ChatModel.load(path), "tiny-test")
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ BAD = {
     "not_an_image": ({"image": _data_url(b"just some text, not a picture")}, "invalid_image", None),
     "image_over_bytes": ({"image": _data_url(np.random.default_rng(0).bytes(150_000))},
                          "image_too_large", None),
-    "image_over_pixels": ({"image": _data_url(_png((1000, 1000)))}, "image_too_large", None),
+    "image_over_pixels": ({"image": _data_url(_png_claiming(6000, 4000))}, "invalid_image", None),
     "remote_url": ({"image": "https://example.com/cat.png"}, "remote_image_not_supported", None),
     "unknown_model": ({"model": "gpt-4o"}, "model_not_found", "model"),
     "prompt_too_long": ({"text": "red blue green circle " * 60}, "context_length_exceeded", None),

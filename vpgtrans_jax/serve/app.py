@@ -88,7 +88,7 @@ def create_app(served: ServedModel, engine: Engine, limits: Limits | None = None
                 param="model",
                 code="model_not_found",
             )
-        image = await asyncio.to_thread(served.pixels, _image_of(req), limits)
+        image = await asyncio.to_thread(served.pixels, _image_of(req))
         prompt = served.encode(req.messages, image)
         max_tokens = served.max_tokens(prompt, req.max_tokens, limits)
         completion = Completion(served, req, prompt, max_tokens)

@@ -15,6 +15,7 @@ import json
 import re
 from typing import Any
 
+from vpgtrans_jax.chat.session import MAX_IMAGE_BYTES
 from vpgtrans_jax.errors import VPGTransError
 
 
@@ -53,16 +54,15 @@ class Limits:
 
     Attributes:
       max_n: choices per request; max_tokens: new tokens per choice; max_stop: stop strings.
-      max_image_bytes: an image's encoded size; max_image_pixels: width x height (decoded
-        only below it: a small file can claim a huge image).
+      max_image_bytes: an image's encoded size (checked before its base64 is decoded; the
+        pixel limit is the chat's, ``chat.session.MAX_IMAGE_PIXELS``).
       max_text_chars: the characters of all messages together.
     """
 
     max_n: int = 4
     max_tokens: int = 256
     max_stop: int = 4
-    max_image_bytes: int = 10 * 2**20
-    max_image_pixels: int = 20_000_000
+    max_image_bytes: int = MAX_IMAGE_BYTES
     max_text_chars: int = 32_000
 
 

@@ -11,17 +11,15 @@ one gets a blank image (the mean colour), since the model always reads a soft pr
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from vpgtrans_jax.chat.conversation import Template
-from vpgtrans_jax.data.processors import blip_image_eval
+from vpgtrans_jax.chat.session import ChatModel, prepare_image
 from vpgtrans_jax.data.text import encode_generation, pad_id
-from vpgtrans_jax.errors import VPGTransError
+from vpgtrans_jax.errors import ChatInputError
 from vpgtrans_jax.generation.text import end_token_ids, text_end
 from vpgtrans_jax.models.vl_model import VLModel
 from vpgtrans_jax.serve.protocol import Limits, Message, RequestError
@@ -60,21 +58,16 @@ class ServedModel:
         """Prompt + new tokens that fit beside the soft prompt."""
         return self.context - self.num_query_tokens
 
-    def pixels(self, image: bytes | None, limits: Limits) -> np.ndarray:
-        """float32[S, S, 3] of an encoded image (a RequestError for one that is not a readable
-        image within the limits); the blank image for None."""
+    def pixels(self, image: bytes | None) -> np.ndarray:
+        """float32[S, S, 3] of an encoded image, with the chat's limits (a RequestError for one
+        that is not an image, or is over ``chat.session.MAX_IMAGE_PIXELS``, read from its
+        header); the blank image for None."""
         if image is None:
             return np.zeros((self.image_size, self.image_size, 3), np.float32)
         try:
-            return blip_image_eval(image, self.image_size, max_pixels=limits.max_image_pixels)
-        except VPGTransError as e:  # over max_pixels, refused from the header
-            raise RequestError(str(e), param="messages", code="image_too_large") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise RequestError(
-                f"the image could not be read as an image ({type(e).__name__}: {e})",
-                param="messages",
-                code="invalid_image",
-            ) from None
+            return prepare_image(image, self.image_size)[0]
+        except ChatInputError as e:
+            raise RequestError(str(e), param="messages", code="invalid_image") from None
 
     def turns(self, messages: Sequence[Message]) -> list[tuple[str, str | None]]:
         """The template's turns (message, answer or None for the one to answer)."""
@@ -132,6 +125,7 @@ class ServedModel:
         return asked
 
 
-def model_name(path: str) -> str:
-    """The default name clients use: the model directory's base name."""
-    return os.path.basename(os.path.normpath(path)) or "model"
+def from_chat_model(chat: ChatModel, name: str = "") -> ServedModel:
+    """The model ``chat.session.ChatModel.load`` opened (tokenizer and template found as the
+    chat finds them) under ``name`` (default: the chat's name for it)."""
+    return ServedModel(name or chat.name, chat.model, chat.tokenizer, chat.template)

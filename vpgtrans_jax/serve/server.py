@@ -8,16 +8,16 @@ import threading
 import time
 from typing import Any
 
-import vpgtrans_jax
-from vpgtrans_jax.chat.conversation import DEFAULT_TEMPLATE, get_template
-from vpgtrans_jax.checkpoint import model_dir
-from vpgtrans_jax.data.text import load_tokenizer
+from vpgtrans_jax.chat.session import ChatModel
 from vpgtrans_jax.serve.app import create_app
 from vpgtrans_jax.serve.engine import Engine
 from vpgtrans_jax.serve.protocol import Limits
-from vpgtrans_jax.serve.served_model import ServedModel, model_name
+from vpgtrans_jax.serve.served_model import ServedModel, from_chat_model
+from vpgtrans_jax.tiny.chat_model import ensure_tiny_chat_model
 
 log = logging.getLogger(__name__)
+
+TINY_NAME = "tiny-chat"  # what clients call the default model
 
 
 def make_engine(served: ServedModel, **kw: Any) -> Engine:
@@ -80,19 +80,12 @@ class BackgroundServer:
         self._thread.join(timeout=60)
 
 
-def load_served(path: str, *, name: str = "", template: str = "", tokenizer: str = "",
-                **load_kw: Any) -> ServedModel:  # fmt: skip
-    """A model directory (or HF BLIP-2 directory) ready to serve: its tokenizer (``tokenizer``
-    or the directory itself) and its chat template (``template``, else the one it records,
-    else ``blip2``)."""
-    model = vpgtrans_jax.load(path, **load_kw)
-    tok = load_tokenizer(tokenizer or path)
-    chosen = template or recorded_template(path) or DEFAULT_TEMPLATE
-    return ServedModel(name or model_name(path), model, tok, get_template(chosen))
-
-
-def recorded_template(path: str) -> str | None:
-    """The chat template a model directory's manifest records (``info.chat_template``)."""
-    if not model_dir.is_model_dir(path):
-        return None
-    return (model_dir.read_manifest(path).get("info") or {}).get("chat_template")
+def load_served(path: str = "", *, name: str = "", template: str = "", tokenizer: str = "",
+                dtype: str = "") -> ServedModel:  # fmt: skip
+    """The model at ``path`` as the chat opens it (``ChatModel.load``: tokenizer and template
+    from its directory unless given); without ``path``, the tiny chat model (trained once and
+    cached, ``tiny.chat_model``) named ``tiny-chat``."""
+    if not path:
+        path, name = ensure_tiny_chat_model(), name or TINY_NAME
+    chat = ChatModel.load(path, template=template, tokenizer=tokenizer, dtype=dtype)
+    return from_chat_model(chat, name)
