@@ -49,6 +49,11 @@ def create_app(served: ServedModel, engine: Engine, limits: Limits | None = None
     from fastapi.responses import JSONResponse, StreamingResponse  # lazy: the serve extra
 
     limits = limits or Limits()
+    if limits.max_n > engine.max_batch:
+        raise ValueError(
+            f"max_n={limits.max_n} must be <= max_batch={engine.max_batch}: the choices of a "
+            "request are decoded in one batch"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
