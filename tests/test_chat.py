@@ -19,12 +19,13 @@ from vpgtrans_jax.chat import bench, terminal
 from vpgtrans_jax.chat.session import MAX_IMAGE_BYTES, ChatModel, ChatSettings
 from vpgtrans_jax.checkpoint.model_dir import MANIFEST
 from vpgtrans_jax.data.text import encode_generation
-from vpgtrans_jax.errors import ChatInputError
+from vpgtrans_jax.errors import ChatInputError, ConfigError
 from vpgtrans_jax.generation import decode_outputs, generate
 from vpgtrans_jax.generation.stream import TRACES
 from vpgtrans_jax.generation.text import text_end
 from vpgtrans_jax.tiny import chat_corpus
 from vpgtrans_jax.tiny.chat_model import tiny_instruct_config
+from vpgtrans_jax.train import config_base, workdir
 from vpgtrans_jax.train.export import export_info
 
 QUESTIONS = ["what colour is the circle?", "how many squares are there?"]
@@ -224,3 +225,17 @@ def test_tiny_instruction_corpus(setup):
     texts = chat_corpus.chat_texts(data)
     assert texts and all(t.startswith("###Human: <Img></Img> ") for t in texts)
     assert all("###Assistant: " in t and t.endswith("###") for t in texts)
+
+
+def test_workdirs_recorded_before_the_chat_fields_still_resume(tmp_path):
+    """config.json files written before model.tiny_llm_corpus / chat_template existed."""
+    c = config_base.base_config()
+    old = json.loads(c.to_json_best_effort())
+    del old["model"]["tiny_llm_corpus"], old["chat_template"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    workdir.check_config(str(tmp_path), c, saved_steps=[5])  # resumes: no error
+    old["model"]["tiny_llm_corpus"] = "captions"
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    c.model.tiny_llm_corpus = "chat"
+    with pytest.raises(ConfigError, match="tiny_llm_corpus"):
+        workdir.check_config(str(tmp_path), c, saved_steps=[5])
