@@ -152,8 +152,16 @@ def generate_text(
 
 
 def answer_about_image(
-    model: VLModel, tokenizer: Any, image: bytes, question: str, *, template: str,
-    end: str, num_beams: int, max_new_tokens: int, max_prompt_len: int,
+    model: VLModel,
+    tokenizer: Any,
+    image: bytes,
+    question: str,
+    *,
+    template: str,
+    end: str,
+    num_beams: int,
+    max_new_tokens: int,
+    max_prompt_len: int,
 ) -> str:
     """One answer with the paper's settings: a question fills ``template`` (VQA: 1..10 tokens,
     length penalty -1); an empty one asks for a caption (8..30 tokens, penalty 1), which a

@@ -59,6 +59,9 @@ HARMLESS = (
     "model.vision.remat_policy",  # memory/compute trade-off, same values
     "model.qformer.remat_policy",
     "model.llm.remat_policy",
+    "model.vision.attention_impl",  # which kernel computes attention; same values up to rounding
+    "model.qformer.attention_impl",
+    "model.llm.attention_impl",
 )
 _MAX_SHOWN = 6
 
