@@ -137,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
     # ---- optimisation -----------------------------------------------------------------------
     c.batch_size = 1728  # global (all hosts, all micro-batches)
     c.accum_steps = 1
+    # The loss runs over this many text positions at a time (nn.loss.chunked_cross_entropy), so
+    # the float32 [B, T, vocab] logits never exist; 0 = all at once. Same loss up to rounding.
+    c.loss_chunk = 8
     c.num_steps = 0  # > 0 wins over num_epochs
     c.num_epochs = 1.0
     c.optim = ml_collections.ConfigDict()
@@ -179,6 +182,7 @@ _NUMBERS: tuple[tuple[str, type, float | None, float | None, bool, bool], ...] =
     ("seed", int, 0, None, False, False),
     ("batch_size", int, 1, None, False, False),
     ("accum_steps", int, 1, None, False, False),
+    ("loss_chunk", int, 0, None, False, False),
     ("num_steps", int, 0, None, False, False),
     ("num_epochs", float, 0, None, False, False),
     ("max_bad_steps", int, 1, None, False, False),
