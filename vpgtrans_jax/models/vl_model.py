@@ -139,7 +139,8 @@ class VLModel(nnx.Module):
 
     def image_features(self, pixel_values: jax.Array) -> jax.Array:
         """float[B, H, W, 3] → ln_vision(ViT(x)): float[B, 1 + N, Dv]."""
-        feats = self.vision(pixel_values)
+        with jax.named_scope("vision"):  # tower scopes name the ops in HLO (precision tests)
+            feats = self.vision(pixel_values)
         return self.ln_vision(feats)
 
     def soft_prompt(self, pixel_values: jax.Array) -> jax.Array:
@@ -222,7 +223,8 @@ class VLModel(nnx.Module):
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         attention_mask, image_offsets = as_int32(attention_mask), as_int32(image_offsets)
         embeds, mask = self.prompt_embeds(pixel_values, input_ids, attention_mask, image_offsets)
-        hidden, _ = self.llm.hidden_states(embeds, mask)
+        with jax.named_scope("llm"):
+            hidden, _ = self.llm.hidden_states(embeds, mask)
         return hidden
 
     # -- public API ----------------------------------------------------------------------------
@@ -350,6 +352,7 @@ class VLModel(nnx.Module):
         if prompt_lengths is not None:
             keep = jnp.arange(t)[None, :] >= prompt_lengths[:, None]
             labels = jnp.where(keep, labels, IGNORE_INDEX)
-        if logits_chunk > 0:
-            return chunked_cross_entropy(predicting, labels, self.llm.logits, logits_chunk)
-        return cross_entropy(self.llm.logits(predicting), labels)
+        with jax.named_scope("llm"):
+            if logits_chunk > 0:
+                return chunked_cross_entropy(predicting, labels, self.llm.logits, logits_chunk)
+            return cross_entropy(self.llm.logits(predicting), labels)

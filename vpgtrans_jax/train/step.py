@@ -102,13 +102,14 @@ def make_train_step(
             )
             if key in micro
         }
+        if loss_chunk:
+            extra["logits_chunk"] = loss_chunk
         _, aux = model.loss(
             micro["pixel_values"],
             micro["input_ids"],
             micro["attention_mask"],
             micro["labels"],
             **extra,
-            logits_chunk=loss_chunk,
         )
         return aux["nll_sum"], aux["num_tokens"]
 
