@@ -153,9 +153,9 @@ def run(opts: PlanOptions) -> list[dict]:
             r.update(remat=remat, mesh=mesh, fits=fits(r["total"]))
             rows.append(r)
             print(
-                f"| {remat} | {mesh} | {(r['arguments'] + r['outputs']) / GiB:.1f} | "
-                f"{r['temp'] / GiB:.1f} | "
-                f"{r['total'] / GiB:.1f} | {', '.join(r['fits']) or 'none'} | {r['method']}, "
+                f"| {remat} | {mesh} | {(r['arguments'] + r['outputs']) / GiB:.2f} | "
+                f"{r['temp'] / GiB:.2f} | "
+                f"{r['total'] / GiB:.3f} | {', '.join(r['fits']) or 'none'} | {r['method']}, "
                 f"{r['compile_s']:.0f} s |",
                 flush=True,
             )

@@ -31,7 +31,7 @@ STAGE_TRAINABLE = {
 }
 
 _VISION = {
-    "tiny": dict(image_size=32, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
+    "tiny": dict(image_size=32, patch_size=8, hidden_size=64, num_layers=1, num_heads=4,
                  mlp_dim=128),
     "small": dict(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12,
                   mlp_dim=3072),
@@ -45,13 +45,13 @@ _QFORMER = {
     "small": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
 }
 _OPT = {
-    "tiny": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, ffn_dim=128),
+    "tiny": dict(vocab_size=512, hidden_size=64, num_layers=1, num_heads=4, ffn_dim=128),
     "small": dict(vocab_size=50272, hidden_size=768, num_layers=12, num_heads=12, ffn_dim=3072),
     "base": dict(vocab_size=50272, hidden_size=2048, num_layers=24, num_heads=32, ffn_dim=8192),
     "real": dict(vocab_size=50272, hidden_size=4096, num_layers=32, num_heads=32, ffn_dim=16384),
 }
 _LLAMA = {
-    "tiny": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+    "tiny": dict(vocab_size=512, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
                  intermediate_size=128),
     "small": dict(vocab_size=32000, hidden_size=768, num_layers=12, num_heads=12,
                   num_kv_heads=12, intermediate_size=2048),
