@@ -176,3 +176,30 @@ def check_parity(
             f"({'OK' if passed else 'FAIL'}), load {t_load:.1f}s"
         )
     return ok
+
+
+def blip2_from_kwargs(
+    vision: dict, qformer: dict, text: str, text_kw: dict, num_query: int, seed: int = 0
+) -> T.Blip2ForConditionalGeneration:
+    """A random fp32 BLIP-2 of any shape (HF's own initialisation, dropout off): the PyTorch side
+    of ``scripts/bench_train.py``. ``vision``/``qformer``/``text_kw`` are HF config fields."""
+    torch.manual_seed(seed)
+    no_dropout = dict(attention_dropout=0.0)
+    vision_cfg = T.Blip2VisionConfig(**vision, **no_dropout)
+    qformer_cfg = T.Blip2QFormerConfig(
+        **qformer, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0
+    )
+    if text == "opt":
+        text_cfg = T.OPTConfig(**text_kw, dropout=0.0, **no_dropout)
+    elif text == "llama":
+        text_cfg = T.LlamaConfig(**text_kw, **no_dropout)
+    else:
+        raise ValueError(f"text model must be 'opt' or 'llama', got {text!r}")
+    cfg = T.Blip2Config(
+        vision_config=vision_cfg.to_dict(),
+        qformer_config=qformer_cfg.to_dict(),
+        text_config=text_cfg.to_dict(),
+        num_query_tokens=num_query,
+        image_token_index=IMAGE_TOKEN,
+    )
+    return T.Blip2ForConditionalGeneration(cfg).eval()

@@ -20,6 +20,7 @@ from vpgtrans_jax.models.opt import OPTConfig
 from vpgtrans_jax.models.parts import PARTS, RUNTIME_FIELDS
 from vpgtrans_jax.models.qformer import QFormerConfig
 from vpgtrans_jax.models.vit import VisionConfig
+from vpgtrans_jax.nn.attention import IMPLEMENTATIONS
 
 KNOBS = RUNTIME_FIELDS
 STAGES = ("warmup", "finetune", "instruct")
@@ -47,10 +48,17 @@ def tower_knobs(
     param_dtype: str = "float32",
     scan_layers: bool = False,
     remat_policy: str = "none",
+    attention_impl: str = "auto",
 ) -> ml_collections.ConfigDict:
+    """A tower's run knobs. ``attention_impl="auto"`` picks the fused kernel of the platform
+    (cuDNN on GPU, Pallas on TPU) and the einsum path on CPU (``nn.attention``)."""
     return ml_collections.ConfigDict(
         dict(
-            dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat_policy=remat_policy
+            dtype=dtype,
+            param_dtype=param_dtype,
+            scan_layers=scan_layers,
+            remat_policy=remat_policy,
+            attention_impl=attention_impl,
         )
     )
 
@@ -132,6 +140,9 @@ def base_config() -> ml_collections.ConfigDict:
     # ---- optimisation -----------------------------------------------------------------------
     c.batch_size = 1728  # global (all hosts, all micro-batches)
     c.accum_steps = 1
+    # The loss runs over this many text positions at a time (nn.loss.chunked_cross_entropy), so
+    # the float32 [B, T, vocab] logits never exist; 0 = all at once. Same loss up to rounding.
+    c.loss_chunk = 8
     c.num_steps = 0  # > 0 wins over num_epochs
     c.num_epochs = 1.0
     c.optim = ml_collections.ConfigDict()
@@ -178,6 +189,7 @@ _NUMBERS: tuple[tuple[str, type, float | None, float | None, bool, bool], ...] =
     ("seed", int, 0, None, False, False),
     ("batch_size", int, 1, None, False, False),
     ("accum_steps", int, 1, None, False, False),
+    ("loss_chunk", int, 0, None, False, False),
     ("num_steps", int, 0, None, False, False),
     ("num_epochs", float, 0, None, False, False),
     ("max_bad_steps", int, 1, None, False, False),
@@ -294,6 +306,10 @@ def validate(c: ml_collections.ConfigDict, *, prepared: bool = True) -> None:
         bad(
             "data.instructions", f"must be a list of non-empty strings, got {c.data.instructions!r}"
         )
+    for tower in ("vision", "qformer", "llm"):
+        impl = c.model[tower].attention_impl
+        if impl not in IMPLEMENTATIONS:
+            bad(f"model.{tower}.attention_impl", f"must be one of {IMPLEMENTATIONS}, got {impl!r}")
     unknown = sorted(set(c.trainable) - set(PARTS))
     if unknown or not c.trainable:
         bad("trainable", f"must be a non-empty subset of {PARTS}, got {c.trainable}")

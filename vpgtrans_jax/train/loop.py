@@ -213,7 +213,11 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
         log.info("resumed from step %d in %s", start_step, ckpt.directory)
 
     step_fn = jit_train_step(
-        make_train_step(graphdef, tx, accum_steps=c.accum_steps), mesh, state_sh, frozen_sh, rules
+        make_train_step(graphdef, tx, accum_steps=c.accum_steps, loss_chunk=c.loss_chunk),
+        mesh,
+        state_sh,
+        frozen_sh,
+        rules,
     )
     meta = {"config": config_json(c), "model_source": model_source}
     logger = MetricsLogger(workdir, enabled=is_main)

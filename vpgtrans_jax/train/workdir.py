@@ -60,6 +60,10 @@ HARMLESS = (
     "model.vision.remat_policy",  # memory/compute trade-off, same values
     "model.qformer.remat_policy",
     "model.llm.remat_policy",
+    "model.vision.attention_impl",  # which kernel computes attention; same values up to rounding
+    "model.qformer.attention_impl",
+    "model.llm.attention_impl",
+    "loss_chunk",  # how the same loss is summed (chunks of positions); equal up to rounding
 )
 # Fields added after workdirs were first recorded: one missing from an earlier record had this
 # value (what the code did then), so a rerun with it resumes.
