@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from vpgtrans_jax.serve.app import create_app
-from vpgtrans_jax.serve.protocol import Message
+from vpgtrans_jax.serve.protocol import Limits, Message
 from vpgtrans_jax.serve.served_model import ServedModel
 from vpgtrans_jax.serve.server import BackgroundServer, make_engine
 from vpgtrans_jax.tiny.prepare import ensure_synthetic
@@ -155,7 +155,8 @@ def bench_serve(
     for mode, batch in modes.items():
         engine = make_engine(served, max_batch=batch, max_queue=max(256, 4 * clients))
         engine.warm_up(longest, max_tokens)
-        servers[mode] = BackgroundServer(create_app(served, engine)).__enter__()
+        limits = Limits(max_n=min(Limits.max_n, batch))
+        servers[mode] = BackgroundServer(create_app(served, engine, limits)).__enter__()
         servers[mode].engine = engine
     # The clients run in a child process, as real clients would: their parsing does not take
     # the server's interpreter lock.
