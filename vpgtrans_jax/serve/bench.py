@@ -66,6 +66,8 @@ def _one_request(conn: http.client.HTTPConnection, body: bytes) -> Sample:
         line = line.strip()
         if not line.startswith(b"data: ") or line == b"data: [DONE]":
             continue
+        if ttft is not None and b'"usage"' not in line and b'"error"' not in line:
+            continue  # only the first content and the usage are read (the client is light)
         chunk = json.loads(line[6:])
         if "error" in chunk:
             raise RuntimeError(chunk["error"]["message"])
@@ -144,16 +146,20 @@ def bench_serve(
     max_tokens: int = 32,
     max_batch: int = 32,
     warm_up_seconds: float = 5.0,
+    images: list[str] | None = None,
+    gather_ms: float = 5.0,
 ) -> dict[str, Any]:
     """Alternating rounds of the batching server and the one-at-a-time server under the same
-    load. Returns the per-round figures and ``ratio`` (batched / one-at-a-time tokens/s over
-    all rounds)."""
+    load (``images``: data URLs, default ``image_urls()``). Returns the per-round figures and
+    ``ratio`` (batched / one-at-a-time tokens/s over all rounds)."""
     modes = {"batched": max_batch, "one_at_a_time": 1}
     # The longest prompt of the load (its shape bucket is compiled before any request).
     longest = max(len(served.encode([Message("user", q)], np.zeros(0)).ids) for q in QUESTIONS)
     servers = {}
     for mode, batch in modes.items():
-        engine = make_engine(served, max_batch=batch, max_queue=max(256, 4 * clients))
+        engine = make_engine(
+            served, max_batch=batch, max_queue=max(256, 4 * clients), gather_ms=gather_ms
+        )
         engine.warm_up(longest, max_tokens)
         limits = Limits(max_n=min(Limits.max_n, batch))
         servers[mode] = BackgroundServer(create_app(served, engine, limits)).__enter__()
@@ -161,7 +167,7 @@ def bench_serve(
     # The clients run in a child process, as real clients would: their parsing does not take
     # the server's interpreter lock.
     pool = multiprocessing.get_context("spawn").Pool(1)
-    images = image_urls()
+    images = images or image_urls()
     try:
         for s in servers.values():  # the buckets this load reaches beyond warm_up's
             pool.apply(run_load, (s.url, served.name, clients, warm_up_seconds, max_tokens, images))
@@ -185,6 +191,7 @@ def bench_serve(
         "clients": clients,
         "seconds": seconds,
         "max_tokens": max_tokens,
+        "gather_ms": gather_ms,
     }
 
 
@@ -194,7 +201,8 @@ def report(result: dict[str, Any]) -> str:
             "p99_ttft_s", "mean_batch")  # fmt: skip
     header = f"{'mode':<15}{'round':>6}" + "".join(f"{c:>16}" for c in cols) + f"{'errors':>8}"
     lines = [f"{result['clients']} clients, {result['seconds']:.0f} s per round, "
-             f"max_tokens {result['max_tokens']}, temperature 0", header]  # fmt: skip
+             f"max_tokens {result['max_tokens']}, temperature 0, gather_ms "
+             f"{result['gather_ms']}", header]  # fmt: skip
     for mode, rounds in result["rounds"].items():
         for i, r in enumerate(rounds):
             lines.append(f"{mode:<15}{i:>6}" + "".join(f"{r[c]:>16.3f}" for c in cols)
