@@ -19,10 +19,14 @@ from vpgtrans_jax.chat import bench, terminal
 from vpgtrans_jax.chat.session import MAX_IMAGE_BYTES, ChatModel, ChatSettings
 from vpgtrans_jax.checkpoint.model_dir import MANIFEST
 from vpgtrans_jax.data.text import encode_generation
-from vpgtrans_jax.errors import ChatInputError
+from vpgtrans_jax.errors import ChatInputError, ConfigError
 from vpgtrans_jax.generation import decode_outputs, generate
 from vpgtrans_jax.generation.stream import TRACES
 from vpgtrans_jax.generation.text import text_end
+from vpgtrans_jax.tiny import chat_corpus
+from vpgtrans_jax.tiny.chat_model import tiny_instruct_config
+from vpgtrans_jax.train import config_base, workdir
+from vpgtrans_jax.train.export import export_info
 
 QUESTIONS = ["what colour is the circle?", "how many squares are there?"]
 
@@ -197,3 +201,41 @@ def test_webui_binds_locally_and_shares_only_when_asked():
     flat = " ".join(r.stdout.split())
     assert "--host: address to bind (0.0.0.0: every interface) (default: '127.0.0.1')" in flat
     assert "--[no]share: also open a public gradio.live link (default: 'false')" in flat
+
+
+def test_stage3_exports_record_their_chat_template_and_tokenizer():
+    c = tiny_instruct_config()
+    info = export_info(c)
+    assert info["chat_template"] == "vicuna_v0" and info["stage"] == "instruct"
+    assert os.path.isabs(info["tokenizer"])
+    c.chat_template = ""  # stage-1/2 configs record none: the chat uses blip2
+    assert "chat_template" not in export_info(c)
+
+
+def test_tiny_instruction_corpus(setup):
+    root = setup[0]
+    data = os.path.join(root, "data")
+    align = chat_corpus.ensure_chat_align(data)
+    entries = json.load(open(os.path.join(align, "filter_cap.json")))["annotations"]
+    questions = json.load(open(os.path.join(data, "annotations", "vqa_train_questions.json")))
+    assert len(entries) == len(questions["questions"]) > 0
+    images = [os.path.join(align, "image", f"{e['image_id']}.jpg") for e in entries]
+    assert all(os.path.isfile(p) for p in images)
+    assert chat_corpus.ensure_chat_align(data) == align  # cached
+    texts = chat_corpus.chat_texts(data)
+    assert texts and all(t.startswith("###Human: <Img></Img> ") for t in texts)
+    assert all("###Assistant: " in t and t.endswith("###") for t in texts)
+
+
+def test_workdirs_recorded_before_the_chat_fields_still_resume(tmp_path):
+    """config.json files written before model.tiny_llm_corpus / chat_template existed."""
+    c = config_base.base_config()
+    old = json.loads(c.to_json_best_effort())
+    del old["model"]["tiny_llm_corpus"], old["chat_template"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    workdir.check_config(str(tmp_path), c, saved_steps=[5])  # resumes: no error
+    old["model"]["tiny_llm_corpus"] = "captions"
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    c.model.tiny_llm_corpus = "chat"
+    with pytest.raises(ConfigError, match="tiny_llm_corpus"):
+        workdir.check_config(str(tmp_path), c, saved_steps=[5])

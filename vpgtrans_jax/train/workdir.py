@@ -61,6 +61,9 @@ HARMLESS = (
     "model.qformer.remat_policy",
     "model.llm.remat_policy",
 )
+# Fields added after workdirs were first recorded: one missing from an earlier record had this
+# value (what the code did then), so a rerun with it resumes.
+ADDED_FIELDS = {"model.tiny_llm_corpus": "captions"}
 _MAX_SHOWN = 6
 
 
@@ -212,6 +215,7 @@ def check_config(
         recorded = recorded_in_checkpoints()
         recorded = flat_config(recorded) if recorded is not None else None
     if recorded is not None:
+        recorded = {**{k: v for k, v in ADDED_FIELDS.items() if k in current}, **recorded}
         diff = [d for d in config_diff(recorded, current) if d[0] not in HARMLESS]
         if diff and saved_steps and not c.force_new_run:
             raise ConfigError(
