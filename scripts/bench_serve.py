@@ -26,6 +26,7 @@ _SECONDS = flags.DEFINE_float("seconds", 20.0, "length of one round of one mode"
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "rounds per mode (the modes alternate)")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 32, "max_tokens of every request")
 _BATCH = flags.DEFINE_integer("max_batch", 32, "the batching server's batch size")
+_GATHER = flags.DEFINE_float("gather_ms", 5.0, "how long a batch waits for more requests")
 _WARM = flags.DEFINE_float("warm_up_seconds", 5.0, "unmeasured load before the rounds")
 _OUT = flags.DEFINE_string("out", "", "also write the figures to this JSON file")
 
@@ -35,6 +36,7 @@ def main(argv: list[str]) -> None:
     result = bench.bench_serve(
         served, clients=_CLIENTS.value, seconds=_SECONDS.value, rounds=_ROUNDS.value,
         max_tokens=_MAX_TOKENS.value, max_batch=_BATCH.value, warm_up_seconds=_WARM.value,
+        gather_ms=_GATHER.value,
     )  # fmt: skip
     print(bench.report(result))
     if _OUT.value:

@@ -25,6 +25,7 @@ from tests.chat_util import make_chat_model_dir
 from tests.scripts_util import run_script
 from vpgtrans_jax.chat.session import ChatModel
 from vpgtrans_jax.generation import generate
+from vpgtrans_jax.serve import bench
 from vpgtrans_jax.serve import engine as engine_lib
 from vpgtrans_jax.serve.app import create_app
 from vpgtrans_jax.serve.protocol import Limits
@@ -255,6 +256,20 @@ def test_batched_greedy_equals_generate_alone(served):
         end = next((i for i, t in enumerate(expect) if t in served.eos_token_ids), len(expect))
         assert tokens == expect[:end]
         assert out[-1] == ("stop" if end < len(expect) else "length")
+
+
+def test_bench_reports_both_modes_and_their_ratio(served, server):
+    """A short run of the load test (the shapes are the module server's, compiled already)."""
+    result = bench.bench_serve(
+        served, clients=2, seconds=1.0, max_tokens=LIMITS.max_tokens, max_batch=MAX_BATCH,
+        warm_up_seconds=0.2, images=[_data_url(_png((32, 32)))],
+    )  # fmt: skip
+    for mode in ("batched", "one_at_a_time"):
+        (r,) = result["rounds"][mode]
+        assert r["errors"] == 0 and r["requests"] >= 1 and r["tokens_per_s"] > 0
+        assert 0 < r["p50_ttft_s"] <= r["p99_latency_s"] and r["mean_batch"] >= 1
+    assert result["ratio"] > 0
+    assert "tokens/s ratio batched / one-at-a-time" in bench.report(result)
 
 
 def test_serve_script_binds_localhost_and_reports_a_missing_model(tmp_path):

@@ -14,35 +14,38 @@ from __future__ import annotations
 import base64
 import dataclasses
 import http.client
-import io
 import json
 import multiprocessing
+import os
 import threading
 import time
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from vpgtrans_jax.serve.app import create_app
-from vpgtrans_jax.serve.protocol import Message
+from vpgtrans_jax.serve.protocol import Limits, Message
 from vpgtrans_jax.serve.served_model import ServedModel
 from vpgtrans_jax.serve.server import BackgroundServer, make_engine
+from vpgtrans_jax.tiny.prepare import ensure_synthetic
+from vpgtrans_jax.train import presets
 
-QUESTIONS = ("what is in the image?", "what colour is the shape?", "describe the image.",
-             "where is the circle?", "how many shapes are there?")  # fmt: skip
+# Half descriptions (long answers), half questions (short ones), as in the tiny chat model's
+# training data.
+QUESTIONS = ("Describe this image in detail.", "what colour is the circle?",
+             "Describe this image in detail.", "how many shapes are there?")  # fmt: skip
 
 
-def data_url(seed: int, size: int = 64) -> str:
-    """A PNG of a coloured shape on a plain background, as a data URL."""
-    rng = np.random.default_rng(seed)
-    img = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(0, 256, 3)))
-    x, y = (int(v) for v in rng.integers(0, size // 2, 2))
-    ImageDraw.Draw(img).ellipse((x, y, x + size // 3, y + size // 3),
-                                fill=tuple(int(c) for c in rng.integers(0, 256, 3)))  # fmt: skip
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+def image_urls(count: int = 64) -> list[str]:
+    """Data URLs of the first ``count`` synthetic training images (the tiny models' world;
+    generated once and cached)."""
+    root = os.path.join(ensure_synthetic(presets.TINY_SYNTHETIC_DIR, 512, 64), "images", "train")
+    urls = []
+    for name in sorted(os.listdir(root))[:count]:
+        with open(os.path.join(root, name), "rb") as f:
+            kind = os.path.splitext(name)[1].lstrip(".").lower().replace("jpg", "jpeg")
+            urls.append(f"data:image/{kind};base64," + base64.b64encode(f.read()).decode())
+    return urls
 
 
 @dataclasses.dataclass
@@ -63,6 +66,8 @@ def _one_request(conn: http.client.HTTPConnection, body: bytes) -> Sample:
         line = line.strip()
         if not line.startswith(b"data: ") or line == b"data: [DONE]":
             continue
+        if ttft is not None and b'"usage"' not in line and b'"error"' not in line:
+            continue  # only the first content and the usage are read (the client is light)
         chunk = json.loads(line[6:])
         if "error" in chunk:
             raise RuntimeError(chunk["error"]["message"])
@@ -74,7 +79,9 @@ def _one_request(conn: http.client.HTTPConnection, body: bytes) -> Sample:
     return Sample(latency, latency if ttft is None else ttft, tokens)
 
 
-def run_load(url: str, model: str, clients: int, seconds: float, max_tokens: int) -> dict:
+def run_load(
+    url: str, model: str, clients: int, seconds: float, max_tokens: int, images: list[str]
+) -> dict:
     """``clients`` threads send requests for ``seconds``; the figures of the run."""
     host, port = url.removeprefix("http://").split(":")
     samples: list[Sample] = []
@@ -87,7 +94,8 @@ def run_load(url: str, model: str, clients: int, seconds: float, max_tokens: int
         conn = http.client.HTTPConnection(host, int(port), timeout=600)
         i = 0
         while time.perf_counter() < stop_at:
-            content = [{"type": "image_url", "image_url": {"url": data_url(k * 1000 + i)}},
+            image = images[(k * 7 + i) % len(images)]
+            content = [{"type": "image_url", "image_url": {"url": image}},
                        {"type": "text", "text": QUESTIONS[(k + i) % len(QUESTIONS)]}]  # fmt: skip
             body = json.dumps({
                 "model": model, "messages": [{"role": "user", "content": content}],
@@ -138,29 +146,40 @@ def bench_serve(
     max_tokens: int = 32,
     max_batch: int = 32,
     warm_up_seconds: float = 5.0,
+    images: list[str] | None = None,
+    gather_ms: float = 5.0,
 ) -> dict[str, Any]:
     """Alternating rounds of the batching server and the one-at-a-time server under the same
-    load. Returns the per-round figures and ``ratio`` (batched / one-at-a-time tokens/s over
-    all rounds)."""
+    load (``images``: data URLs, default ``image_urls()``). Returns the per-round figures and
+    ``ratio`` (batched / one-at-a-time tokens/s over all rounds)."""
     modes = {"batched": max_batch, "one_at_a_time": 1}
     # The longest prompt of the load (its shape bucket is compiled before any request).
     longest = max(len(served.encode([Message("user", q)], np.zeros(0)).ids) for q in QUESTIONS)
     servers = {}
     for mode, batch in modes.items():
-        engine = make_engine(served, max_batch=batch, max_queue=max(256, 4 * clients))
+        engine = make_engine(
+            served, max_batch=batch, max_queue=max(256, 4 * clients), gather_ms=gather_ms
+        )
         engine.warm_up(longest, max_tokens)
-        servers[mode] = BackgroundServer(create_app(served, engine)).__enter__()
+        limits = Limits(max_n=min(Limits.max_n, batch))
+        servers[mode] = BackgroundServer(create_app(served, engine, limits)).__enter__()
+        servers[mode].engine = engine
     # The clients run in a child process, as real clients would: their parsing does not take
     # the server's interpreter lock.
     pool = multiprocessing.get_context("spawn").Pool(1)
+    images = images or image_urls()
     try:
         for s in servers.values():  # the buckets this load reaches beyond warm_up's
-            pool.apply(run_load, (s.url, served.name, clients, warm_up_seconds, max_tokens))
+            pool.apply(run_load, (s.url, served.name, clients, warm_up_seconds, max_tokens, images))
         results: dict[str, list[dict]] = {m: [] for m in modes}
         for _ in range(rounds):
             for mode, s in servers.items():
-                args = (s.url, served.name, clients, seconds, max_tokens)
-                results[mode].append(pool.apply(run_load, args))
+                before = (s.engine.batches, s.engine.rows_decoded)
+                args = (s.url, served.name, clients, seconds, max_tokens, images)
+                r = pool.apply(run_load, args)
+                batches = s.engine.batches - before[0]
+                r["mean_batch"] = (s.engine.rows_decoded - before[1]) / max(batches, 1)
+                results[mode].append(r)
     finally:
         pool.terminate()
         for s in servers.values():
@@ -172,16 +191,18 @@ def bench_serve(
         "clients": clients,
         "seconds": seconds,
         "max_tokens": max_tokens,
+        "gather_ms": gather_ms,
     }
 
 
 def report(result: dict[str, Any]) -> str:
     """The figures as a table, one line per round and mode, then the ratio."""
     cols = ("requests_per_s", "tokens_per_s", "p50_latency_s", "p99_latency_s", "p50_ttft_s",
-            "p99_ttft_s")  # fmt: skip
+            "p99_ttft_s", "mean_batch")  # fmt: skip
     header = f"{'mode':<15}{'round':>6}" + "".join(f"{c:>16}" for c in cols) + f"{'errors':>8}"
     lines = [f"{result['clients']} clients, {result['seconds']:.0f} s per round, "
-             f"max_tokens {result['max_tokens']}, temperature 0", header]  # fmt: skip
+             f"max_tokens {result['max_tokens']}, temperature 0, gather_ms "
+             f"{result['gather_ms']}", header]  # fmt: skip
     for mode, rounds in result["rounds"].items():
         for i, r in enumerate(rounds):
             lines.append(f"{mode:<15}{i:>6}" + "".join(f"{r[c]:>16.3f}" for c in cols)

@@ -103,6 +103,7 @@ class Completion:
         self.request = request
         self.prompt = prompt
         self.id = "chatcmpl-" + secrets.token_hex(12)
+        self._prefix: str | None = None
         self.created = int(time.time())
         self.events: asyncio.Queue[tuple[int, int | str | Exception]] = asyncio.Queue()
         seed = secrets.randbits(32) if request.seed is None else request.seed
@@ -186,6 +187,15 @@ class Completion:
         ]
         return {**self._head("chat.completion"), "choices": choices, "usage": self.usage()}
 
+    def _content_chunk(self, i: int, text: str) -> str:
+        """``_chunk([delta(i, {"content": text})])``, from a prefix serialised once (this is the
+        event sent per token and per choice)."""
+        if self._prefix is None:
+            head = json.dumps(self._head("chat.completion.chunk"))[:-1]
+            self._prefix = f'data: {head}, "choices": [{{"index": '
+        return (f'{self._prefix}{i}, "delta": {{"content": {json.dumps(text)}}}, '
+                '"logprobs": null, "finish_reason": null}]}\n\n')  # fmt: skip
+
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> str:
         body = {**self._head("chat.completion.chunk"), "choices": choices, **extra}
         return f"data: {json.dumps(body)}\n\n"
@@ -204,7 +214,7 @@ class Completion:
                     chunks = []  # sent together: one write for what arrived together
                     for i, text, reason in events:
                         if text:
-                            chunks.append(self._chunk([delta(i, {"content": text})]))
+                            chunks.append(self._content_chunk(i, text))
                         if reason is not None:
                             chunks.append(self._chunk([delta(i, {}, reason)]))
                     if chunks:

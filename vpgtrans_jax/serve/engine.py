@@ -141,6 +141,7 @@ class Engine:
         self.column_buckets = powers_of_two(min(32, self.room_limit - 1), self.room_limit - 1)
         self.slot_buckets = powers_of_two(min(64, self.context), self.context)
         self.deliver = deliver or emit_all
+        self.batches = self.rows_decoded = 0  # decoded by the worker, for a mean batch size
         self._graphdef, self._params = nnx.split(model)
         self._pending: collections.deque[list[Row]] = collections.deque()
         self._pending_rows = 0
@@ -213,18 +214,24 @@ class Engine:
             self._cond.notify_all()
 
     def _take(self) -> list[Row] | None:
-        """Waits for requests, then gathers for ``gather_ms``; None when stopping."""
+        """Waits for requests, then gathers until ``gather_ms`` pass without a new one (at
+        most 8 ``gather_ms``: a burst of requests, parsed one after the other, makes one
+        batch); None when stopping."""
         with self._cond:
             while not self._stopping and (self._held or not self._pending):
                 self._cond.wait()
             if self._stopping:
                 return None
-            deadline = time.monotonic() + self.gather_s
+            start = time.monotonic()
+            deadline, seen = start + self.gather_s, self._pending_rows
             while self._pending_rows < self.max_batch and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
+                if self._pending_rows > seen:
+                    seen = self._pending_rows
+                    deadline = min(time.monotonic() + self.gather_s, start + 8 * self.gather_s)
             batch: list[Row] = []
             while self._pending and len(batch) + len(self._pending[0]) <= self.max_batch:
                 rows = self._pending.popleft()
@@ -234,6 +241,8 @@ class Engine:
 
     def _work(self) -> None:
         while (batch := self._take()) is not None:
+            self.batches += 1
+            self.rows_decoded += len(batch)
             try:
                 self.run_batch(batch)
             except Exception as e:  # a failed batch fails its rows, never the server
