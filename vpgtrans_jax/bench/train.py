@@ -181,8 +181,9 @@ def matmul_floor(matmuls: list):
 
     Each repeat adds the running sum of the previous results to its left operand, so XLA can
     neither merge identical matmuls nor hoist them out of their loop; that add and the sum are
-    one pass over an activation each, about 1% of a matmul's time at these shapes. The matmuls run
-    one after another; inside the real step XLA's CPU runtime may also overlap independent ones."""
+    one pass over an activation each, about 1% of a matmul's time at these shapes. The matmuls
+    run one after another; inside the real step XLA's CPU runtime may overlap independent ones.
+    """
     operands = {}
     for lhs, rhs, _, _ in matmuls:
         for a in (lhs, rhs):
