@@ -80,15 +80,15 @@ def load_hf_blip2(
         cfg = blip2.config_from_hf(hf_config, **tower_overrides)
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path}/config.json: {e}") from e
-    source, rules = open_hf_weights(path), blip2.weight_rules(cfg)
+    source, weight_rules = open_hf_weights(path), blip2.weight_rules(cfg)
     optional = lambda k: blip2.is_unused_key(k, cfg)  # noqa: E731
     what = "a BLIP-2 model with this config.json"
     # The tensor names config.json implies are checked against the checkpoint's index before any
     # model is built: a config claiming 2000 layers over a 2-layer checkpoint fails at once.
-    engine.check_keys(source, rules, optional=optional, what=what)
+    engine.check_keys(source, weight_rules, optional=optional, what=what)
     abstract_model = abstract(lambda: VLModel(cfg, rngs=nnx.Rngs(params=jax.random.key(0))))
     flat = engine.import_all(
-        source, rules, expected_params(abstract_model), optional=optional, what=what
+        source, weight_rules, expected_params(abstract_model), optional=optional, what=what
     )
     shardings = None
     if mesh is not None:
