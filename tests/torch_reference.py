@@ -178,28 +178,15 @@ def check_parity(
     return ok
 
 
-def blip2_from_kwargs(
-    vision: dict, qformer: dict, text: str, text_kw: dict, num_query: int, seed: int = 0
-) -> T.Blip2ForConditionalGeneration:
-    """A random fp32 BLIP-2 of any shape (HF's own initialisation, dropout off): the PyTorch side
-    of ``scripts/bench_train.py``. ``vision``/``qformer``/``text_kw`` are HF config fields."""
+def blip2_from_config(hf_config: dict, seed: int = 0) -> T.Blip2ForConditionalGeneration:
+    """A random fp32 BLIP-2 from a ``config.json`` dict (HF's own initialisation, dropout off):
+    the PyTorch side of ``scripts/bench_train.py``."""
     torch.manual_seed(seed)
-    no_dropout = dict(attention_dropout=0.0)
-    vision_cfg = T.Blip2VisionConfig(**vision, **no_dropout)
-    qformer_cfg = T.Blip2QFormerConfig(
-        **qformer, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0
-    )
-    if text == "opt":
-        text_cfg = T.OPTConfig(**text_kw, dropout=0.0, **no_dropout)
-    elif text == "llama":
-        text_cfg = T.LlamaConfig(**text_kw, **no_dropout)
-    else:
-        raise ValueError(f"text model must be 'opt' or 'llama', got {text!r}")
-    cfg = T.Blip2Config(
-        vision_config=vision_cfg.to_dict(),
-        qformer_config=qformer_cfg.to_dict(),
-        text_config=text_cfg.to_dict(),
-        num_query_tokens=num_query,
-        image_token_index=IMAGE_TOKEN,
-    )
+    cfg = T.Blip2Config(**hf_config)
+    cfg.vision_config.attention_dropout = 0.0
+    cfg.qformer_config.attention_probs_dropout_prob = 0.0
+    cfg.qformer_config.hidden_dropout_prob = 0.0
+    for name in ("dropout", "attention_dropout"):
+        if hasattr(cfg.text_config, name):
+            setattr(cfg.text_config, name, 0.0)
     return T.Blip2ForConditionalGeneration(cfg).eval()

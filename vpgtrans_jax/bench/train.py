@@ -37,6 +37,7 @@ from jax.extend import core as jcore
 from vpgtrans_jax import sharding
 from vpgtrans_jax.bench import shapes
 from vpgtrans_jax.bench.generate import _limit_cores
+from vpgtrans_jax.checkpoint.hf import blip2
 from vpgtrans_jax.checkpoint.load import load
 from vpgtrans_jax.data.pipeline import make_global_batch
 from vpgtrans_jax.models.vl_model import IGNORE_INDEX, VLConfig, VLModel
@@ -212,38 +213,6 @@ def matmul_floor(matmuls: list):
 # ---- the PyTorch side ------------------------------------------------------------------------
 
 
-def hf_kwargs(cfg: VLConfig) -> dict:
-    """``reference.blip2_from_kwargs`` arguments for the HF model of our ``cfg``."""
-    v, q, t = cfg.vision, cfg.qformer, cfg.llm
-    vision = dict(
-        hidden_size=v.hidden_size,
-        intermediate_size=v.mlp_dim,
-        num_hidden_layers=v.num_layers,
-        num_attention_heads=v.num_heads,
-        image_size=v.image_size,
-        patch_size=v.patch_size,
-        layer_norm_eps=1e-6,
-    )
-    qformer = dict(
-        hidden_size=q.hidden_size,
-        num_hidden_layers=q.num_layers,
-        num_attention_heads=q.num_heads,
-        intermediate_size=q.intermediate_size,
-        encoder_hidden_size=q.encoder_hidden_size,
-        cross_attention_frequency=q.cross_attention_frequency,
-    )
-    text = dict(vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-                num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
-                max_position_embeddings=t.max_position_embeddings)  # fmt: skip
-    if cfg.llm_type == "opt":
-        text.update(ffn_dim=t.ffn_dim, word_embed_proj_dim=t.hidden_size)
-    else:
-        text.update(intermediate_size=t.intermediate_size, num_key_value_heads=t.num_kv_heads,
-                    tie_word_embeddings=False)  # fmt: skip
-    return dict(vision=vision, qformer=qformer, text=cfg.llm_type, text_kw=text,
-                num_query=cfg.num_query_tokens)  # fmt: skip
-
-
 # HF parameter-name prefixes of each of our trainable parts.
 _HF_PARTS = {
     "projector": ("language_projection.",),
@@ -402,7 +371,7 @@ def run(opts: Options, reference: Any = None) -> list[dict]:
         import torch  # lazy: the library itself never needs torch
 
         torch.set_num_threads(len(os.sched_getaffinity(0)))
-        pt_model = reference.blip2_from_kwargs(**hf_kwargs(cfg))
+        pt_model = reference.blip2_from_config(blip2.config_to_hf(cfg, reference.IMAGE_TOKEN))
         with tempfile.TemporaryDirectory() as tmp:
             pt_model.save_pretrained(tmp)
             knobs = _knobs(opts)
