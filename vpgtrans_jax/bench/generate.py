@@ -12,6 +12,12 @@ Each shape also times the *matmul floor*: a loop of only the LLM's weight matmul
 rows. HF's time over the floor ("ceiling") bounds what any decoder built on XLA's matmuls could
 gain on this machine.
 
+*Decode step*: our time per decoding step without the prefill, ``(call with max_new_tokens
+tokens - call with 1 token) / (max_new_tokens - 1)``. Both calls prefill the same prompts and
+pick the first token, so the difference is exactly ``max_new_tokens - 1`` loop iterations (one
+decoder step and one beam-search step each). Each run times the two calls and the floor back to
+back; the report gives the median step and the median of the per-run step / floor ratios.
+
     python scripts/bench_generate.py                 # OPT, batch 4, 5 beams, 30 new tokens
     python scripts/bench_generate.py --llm llama --threads 2
     python scripts/bench_generate.py --sweep         # a table over LLM sizes and batch sizes
@@ -96,12 +102,12 @@ def _seconds(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def _matmul_floor(model, rows: int, steps: int, reps: int) -> float:
-    """Seconds per step of a loop that does only the LLM's weight matmuls for ``rows`` rows.
+def matmul_floor_loop(model, rows: int, steps: int):
+    """A callable that runs ``steps`` steps of only the LLM's weight matmuls for ``rows`` rows.
 
     Every Dense kernel of the decoder layers in order, then the output head (as ``logits``
     computes it), with nothing else: what one decoding step cannot go below on this machine with
-    XLA's fp32 matmuls, whatever the rest of the step costs.
+    XLA's fp32 matmuls, whatever the rest of the step costs. Compiled and run once here.
     """
     llm = model.llm
     kernels = [m.kernel[...] for _, m in nnx.iter_graph(llm.layers) if isinstance(m, Dense)]
@@ -119,9 +125,43 @@ def _matmul_floor(model, rows: int, steps: int, reps: int) -> float:
 
     loop = jax.jit(lambda x: jax.lax.fori_loop(0, steps, body, x))
     x = jnp.ones((rows, kernels[0].shape[0]), jnp.float32)
-    loop(x).block_until_ready()
-    times = [_seconds(lambda: loop(x).block_until_ready())[0] for _ in range(reps)]
-    return statistics.median(times) / steps
+
+    def run() -> None:
+        loop(x).block_until_ready()
+
+    run()
+    return run
+
+
+def decode_step_seconds(
+    full, one, floor, steps: int, reps: int
+) -> tuple[float, float, float, list[Any]]:
+    """Times one decoding step without the prefill, next to the matmul floor.
+
+    Args:
+      full: a call that generates ``steps`` tokens (``steps >= 2``); one: the same call with 1.
+      floor: a call that runs ``steps`` matmul-floor steps (``matmul_floor_loop``).
+      reps: runs; each times ``full``, ``one`` and ``floor`` back to back, every timed call right
+        after an untimed one of the same kind (steady state).
+
+    Returns:
+      (median seconds per decode step, median seconds per floor step, median of the per-run
+      ratios decode step / floor step, the outputs of the last ``full`` call).
+    """
+    if steps < 2:
+        raise ValueError(f"a decode-step time needs max_new_tokens >= 2, got {steps}")
+    step, fl, ratio, out = [], [], [], None
+    for _ in range(reps):
+        full()
+        t_full, out = _seconds(full)
+        one()
+        t_one, _ = _seconds(one)
+        floor()
+        t_floor, _ = _seconds(floor)
+        step.append((t_full - t_one) / (steps - 1))
+        fl.append(t_floor / steps)
+        ratio.append(step[-1] / fl[-1])
+    return statistics.median(step), statistics.median(fl), statistics.median(ratio), out
 
 
 def _compare(args: Options, F: Any) -> dict:
@@ -144,6 +184,11 @@ def _compare(args: Options, F: Any) -> dict:
 
     def ours():
         return np.asarray(generate(model, pixels, ids, mask, **kw))  # np.asarray waits for it
+
+    one_kw = dict(kw, max_new_tokens=1, min_new_tokens=1)
+
+    def ours_one():
+        return np.asarray(generate(model, pixels, ids, mask, **one_kw))
 
     q = F.NUM_QUERY
     pt_ids = torch.cat(
@@ -168,9 +213,20 @@ def _compare(args: Options, F: Any) -> dict:
         t, out_pt = _seconds(theirs)
         t_pt.append(t)
     same = out_pt.shape == out_ours.shape and bool((out_pt == out_ours).all())
-    floor = _matmul_floor(model, args.batch * args.beams, args.max_new_tokens, args.reps)
+    steps = args.max_new_tokens
+    floor_loop = matmul_floor_loop(model, args.batch * args.beams, steps)
+    step, floor, step_ratio = float("nan"), float("nan"), float("nan")
+    if steps >= 2:
+        ours_one()  # compiles
+        step, floor, step_ratio, _ = decode_step_seconds(
+            ours, ours_one, floor_loop, steps, args.reps
+        )
+    else:
+        floor = statistics.median(_seconds(floor_loop)[0] for _ in range(args.reps)) / steps
     return dict(
         floor=floor,
+        step=step,
+        step_ratio=step_ratio,
         ours=statistics.median(t_ours),
         theirs=statistics.median(t_pt),
         ratio=statistics.median(p / o for o, p in zip(t_ours, t_pt)),
@@ -208,8 +264,8 @@ def run(opts: Options, reference: Any) -> list[dict]:
         rows.append(
             f"| {hidden} | {layers} | {vocab} | {batch} | {r['tokens'] / r['ours']:.0f} | "
             f"{r['tokens'] / r['theirs']:.0f} | {1e3 * r['ours'] / steps:.1f} | "
-            f"{1e3 * r['theirs'] / steps:.1f} | {1e3 * r['floor']:.1f} | {r['ratio']:.2f}x | "
-            f"{ceiling:.1f}x | {r['same']} |"
+            f"{1e3 * r['theirs'] / steps:.1f} | {1e3 * r['floor']:.1f} | {1e3 * r['step']:.2f} | "
+            f"{r['step_ratio']:.2f}x | {r['ratio']:.2f}x | {ceiling:.1f}x | {r['same']} |"
         )
         print(
             f"hidden {hidden}, {layers} layers, vocab {vocab}; batch {batch}\n"
@@ -218,6 +274,8 @@ def run(opts: Options, reference: Any) -> list[dict]:
             f"  pytorch (HF) : {r['tokens'] / r['theirs']:8.1f} tokens/s  ({r['theirs']:.3f} s)\n"
             f"  speed-up     : {r['ratio']:.2f}x   same token ids: {r['same']}\n"
             f"  matmul floor : {1e3 * r['floor']:.2f} ms/step (the LLM's weight matmuls alone)\n"
+            f"  decode step  : {1e3 * r['step']:.2f} ms (prefill excluded)   "
+            f"decode step / floor: {r['step_ratio']:.2f}x\n"
             f"  ceiling      : {ceiling:.1f}x (HF time / floor: the most a decoder built on these "
             "matmuls could gain)",
             flush=True,
@@ -225,8 +283,9 @@ def run(opts: Options, reference: Any) -> list[dict]:
     if opts.sweep:
         print(
             "\n| hidden | layers | vocab | batch | ours tok/s | HF tok/s | ours ms/step "
-            "| HF ms/step | matmul floor ms/step | speed-up | ceiling | same ids |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "| HF ms/step | matmul floor ms/step | decode step ms | decode step / floor "
+            "| speed-up | ceiling | same ids |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         )
         print("\n".join(rows))
     return results
