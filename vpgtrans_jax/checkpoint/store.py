@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.checkpoint.fill import dotted, nested
 from vpgtrans_jax.errors import CheckpointError
 
@@ -52,10 +53,10 @@ def _standard_save(tree):
 
 def restore_group(path: str) -> dict[str, np.ndarray]:
     """Reads one group back as ``{dotted path: numpy array}`` in the stored dtypes."""
-    if not os.path.isdir(path):
+    if not paths.isdir(path):
         raise CheckpointError(f"{path}: parameter group is missing")
     try:
-        tree = _checkpointer().restore(os.path.abspath(path), args=ocp.args.StandardRestore())
+        tree = _checkpointer().restore(paths.abspath(path), args=ocp.args.StandardRestore())
     except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types for a bad dir
         raise CheckpointError(f"{path}: unreadable Orbax parameter group ({e})") from e
     return {k: np.asarray(v) for k, v in dotted(tree).items()}
@@ -139,8 +140,13 @@ def atomic_output(out: str, *, overwrite: bool = False, is_dir: bool = True) -> 
     """Yields a temporary path beside ``out``; on success renames it to ``out``, else deletes it.
 
     An existing ``out`` is an error unless ``overwrite``; then it is replaced only after the new
-    output is complete.
+    output is complete. A URL (``gs://``) is written through ``paths.staged_output``: staged
+    locally, uploaded under an in-progress marker deleted last.
     """
+    if paths.is_remote(out):
+        with paths.staged_output(out, overwrite=overwrite, is_dir=is_dir) as tmp:
+            yield tmp
+        return
     out = os.path.abspath(out.rstrip("/"))
     if os.path.exists(out) and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite (--overwrite) to replace it")

@@ -16,7 +16,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from vpgtrans_jax import sharding
+from vpgtrans_jax import paths, sharding
 from vpgtrans_jax.data import text
 from vpgtrans_jax.data.pipeline import make_global_batch
 from vpgtrans_jax.errors import TrainingError
@@ -123,7 +123,7 @@ def epoch_end_steps(c: ml_collections.ConfigDict, num_samples: int, steps: int) 
 
 def epoch_export_dir(workdir: str, epoch: int) -> str:
     """Where ``train`` exports the model after ``epoch`` epochs (``config.export_every_epochs``)."""
-    return os.path.join(workdir, "exports", f"epoch_{epoch}")
+    return paths.join(workdir, "exports", f"epoch_{epoch}")
 
 
 def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict[str, Any]:
@@ -263,7 +263,8 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
                     f"step {step})",
                     info={"epoch": epoch_ends[step], "step": step},
                 )
-            if step % c.log_every == 0 or step == steps or stop.signal is not None:
+            stop_signal = _agreed_stop(stop.signal, n_proc)
+            if step % c.log_every == 0 or step == steps or stop_signal:
                 # A stop flushes its partial window, so the rows of an interrupted run and of
                 # its resume together cover every step once (window_steps says how many).
                 dt = time.time() - t_window
@@ -283,8 +284,8 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
                 bar.update(1)
             if ckpt.should_save(step):  # the data state is only gathered when it is saved
                 ckpt.save(step, state, data_it.get_state(), meta)
-            if stop.signal is not None:
-                stopped_by = signal.Signals(stop.signal).name
+            if stop_signal:
+                stopped_by = signal.Signals(stop_signal).name
                 break
     ckpt.save(step, state, data_it.get_state(), meta, force=True)
     ckpt.wait()
@@ -300,7 +301,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
     if stopped_by is None and c.export_final and is_main:
         export_dir = export_model_dir(
             nnx.merge(graphdef, state.params, frozen),
-            os.path.join(workdir, "export"),
+            paths.join(workdir, "export"),
             pretrained_path=model_source.get("path"),
             created_by=f"scripts/train.py (stage {c.stage}, step {step})",
         )
@@ -340,6 +341,17 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
             + (f", export in {export_dir}" if export_dir else "")
         )
     return summary
+
+
+def _agreed_stop(local_signal: int | None, n_proc: int) -> int:
+    """The stop request all processes act on after this step: a signal that reached any of them
+    (a preempted pod worker, a Ctrl-C on one host) stops every process at the same step, so they
+    save one checkpoint together. 0 = go on. One tiny host all-gather per step with several
+    processes; none with one."""
+    if n_proc == 1:
+        return int(local_signal or 0)
+    signals = multihost_utils.process_allgather(np.int32(local_signal or 0))
+    return int(np.max(signals))
 
 
 def _step_flops(step_fn, state, frozen, batch) -> float | None:
