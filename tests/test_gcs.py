@@ -247,7 +247,7 @@ def test_data_sources_read_from_a_bucket(bucket, synthetic_dir, tmp_path):
     assert remote[3]["image_path"].startswith("gs://")
     assert np.array_equal(load_image(remote[3]["image_path"]), load_image(local[3]["image_path"]))
 
-    shards = convert_source(local, f"{bucket}/data/ar/caption", records_per_shard=40)
+    shards = convert_source(local, f"{bucket}/data/ar/caption", records_per_shard=100)
     assert len(shards) == 3 and all(s.startswith(f"{bucket}/data/ar/caption-") for s in shards)
     arrays = make_source("arrayrecord", paths=f"{bucket}/data/ar/caption-*.array_record")
     assert len(arrays) == len(local) and arrays[7]["text"] == local[7]["text"]

@@ -26,13 +26,13 @@ def expand_shards(pattern: str | Sequence[str]) -> list[str]:
     """Globs (``dir/*.tar``, ``gs://bucket/dir/*.tar``) or lists of paths -> sorted existing
     shard paths."""
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    paths: list[str] = []
+    out: list[str] = []
     for p in patterns:
         found = paths.glob(p)
         if not found:
             raise FileNotFoundError(f"no WebDataset shard matches {p!r}")
-        paths += found
-    return paths
+        out += found
+    return out
 
 
 class WebDatasetSource:
