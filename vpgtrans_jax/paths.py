@@ -296,6 +296,12 @@ class AppendFile:
                 f.write(self._data)
             self._dirty = False
 
+    def sync(self) -> None:
+        """``flush``, and on disk ``fsync`` too (the data survives a crash of the machine)."""
+        self.flush()
+        if not self._remote:
+            os.fsync(self._f.fileno())
+
     def close(self) -> None:
         self.flush()
         if not self._remote:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import time
 from typing import Any
@@ -52,27 +51,6 @@ def peak_flops(device: jax.Device) -> float | None:
         if kind.startswith(prefix):
             return value
     return None
-
-
-def maybe_initialize_distributed() -> None:
-    """Connects the processes of a multi-process launch before JAX touches any device.
-
-    Explicit: ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID`` (multi-GPU
-    hosts). Auto-detected by JAX: TPU pod slices (``TPU_WORKER_HOSTNAMES``), SLURM, Open MPI.
-    """
-    env = os.environ
-    if "JAX_COORDINATOR_ADDRESS" in env:
-        jax.distributed.initialize(
-            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
-            process_id=int(env.get("JAX_PROCESS_ID", "0")),
-        )
-        return
-    multi_worker_tpu = "," in env.get("TPU_WORKER_HOSTNAMES", "")
-    slurm = int(env.get("SLURM_NTASKS", "1")) > 1
-    mpi = int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    if multi_worker_tpu or slurm or mpi:
-        jax.distributed.initialize()
 
 
 class _StopFlag:
@@ -133,7 +111,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     differs only in ``workdir.HARMLESS`` fields): ``vpgtrans_jax/train/workdir.py``.
     """
     validate(c)
-    maybe_initialize_distributed()
+    sharding.maybe_initialize_distributed()
     workdir = workdir_lib.ensure_dir(workdir)
     with workdir_lib.lock(workdir, jax.process_index()):
         workdir_lib.check_config(
@@ -340,6 +318,8 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
             f"{summary['wall_time_s']:.1f}s, checkpoints in {ckpt.directory}"
             + (f", export in {export_dir}" if export_dir else "")
         )
+    else:  # each worker's log says where it stopped (all stop at the same step)
+        print(f"[{c.stage}] process {pid}/{n_proc}: {stopped_by or 'done'} at step {step}/{steps}")
     return summary
 
 

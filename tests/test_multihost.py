@@ -1,0 +1,199 @@
+"""Several JAX processes on one machine, as on a pod: 2 processes x 4 CPU devices joined by
+``jax.distributed`` on 127.0.0.1 (gloo collectives), running the real ``scripts/train.py`` and
+``scripts/evaluate.py`` on a (data, fsdp, tensor) = (2, 2, 2) mesh, against 1 process x 8."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from vpgtrans_jax import tiny
+from vpgtrans_jax.data import pipeline, text
+from vpgtrans_jax.data.registry import make_source
+from vpgtrans_jax.data.sources import ListSource
+from vpgtrans_jax.data.transforms import SampleConfig, SampleProcessor
+from vpgtrans_jax.train import checkpointing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tiny stage 2 (Q-Former + projector trained) on the (2, 2, 2) mesh.
+OVERRIDES = {
+    "data.synthetic_images": 64,
+    "model.tiny_llm_steps": 60,
+    "batch_size": 8,
+    "num_steps": 10,
+    "log_every": 1,
+    "checkpoint_every": 1000,
+    "optim.warmup_steps": 2,
+    "mesh_shape": "(2,2,2)",
+}
+
+
+def _load(path: str):
+    spec = importlib.util.spec_from_file_location("m", os.path.join(REPO, path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    # Made once here, so the processes of a run find the data and the tiny LLM cached.
+    c = _load("configs/tiny_finetune.py").get_config()
+    c.data.synthetic_dir = str(tmp_path_factory.mktemp("synthetic") / "data")
+    c.data.synthetic_images = OVERRIDES["data.synthetic_images"]
+    c.model.tiny_llm_steps = OVERRIDES["model.tiny_llm_steps"]
+    tiny.prepare(c)
+    return c.data.synthetic_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(script: str, args: list[str], processes: int, devices: int) -> list[subprocess.Popen]:
+    """``processes`` copies of ``script``, each with ``devices`` CPU devices, joined together."""
+    port = _free_port()
+    procs = []
+    for pid in range(processes):
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+        }
+        if processes > 1:
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(pid))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, os.path.join(REPO, script), *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 400) -> list[str]:
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
+def _train_args(workdir: str, synthetic_dir: str) -> list[str]:
+    return [
+        f"--config={os.path.join(REPO, 'configs', 'tiny_finetune.py')}",
+        f"--workdir={workdir}",
+        "--noprogress",
+        f"--config.data.synthetic_dir={synthetic_dir}",
+        *[f"--config.{k}={v}" for k, v in OVERRIDES.items()],
+    ]
+
+
+def _losses(workdir: str) -> dict[int, float]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def test_host_rows_cover_every_sample_once_and_form_the_one_host_batches(synthetic_dir):
+    tok = text.load_tokenizer(os.path.join(synthetic_dir, "tokenizer"))
+    captions = make_source(
+        "lavis_caption",
+        ann_paths=os.path.join(synthetic_dir, "annotations", "caption_train.json"),
+        image_root=os.path.join(synthetic_dir, "images"),
+    )
+    n, per_host = 30, 3
+    texts = [f"red shape number {i}" for i in range(n)]
+    src = ListSource([{**captions[0], "text": t, "key": t} for t in texts])
+    steps = 2 * n // (2 * per_host)  # two epochs of global batches of 6
+
+    def batches(host: int, count: int, rows: int) -> list[list[str]]:
+        proc = SampleProcessor(SampleConfig(image_size=16), tok)
+        it = pipeline.train_iterator([("c", src, 1.0)], proc, rows, shard_index=host,
+                                     shard_count=count, num_threads=1)  # fmt: skip
+        out = []
+        for _ in range(steps):
+            b = next(it)
+            out.append([tok.decode(r[m == 1], skip_special_tokens=True).strip()
+                        for r, m in zip(b["input_ids"], b["attention_mask"])])  # fmt: skip
+        it.close()
+        return out
+
+    hosts = [batches(h, 2, per_host) for h in range(2)]
+    one = batches(0, 1, 2 * per_host)
+    # The hosts' batches, concatenated in process order, are the one-host global batches.
+    assert [a + b for a, b in zip(*hosts)] == one
+    for epoch in range(2):  # over both hosts, every sample exactly once per epoch
+        rows = steps // 2
+        seen = [t for h in hosts for b in h[epoch * rows : (epoch + 1) * rows] for t in b]
+        assert sorted(seen) == sorted(texts)
+
+
+def test_two_processes_train_like_one_stop_together_and_resume(synthetic_dir, tmp_path):
+    one = str(tmp_path / "one")
+    _wait(_launch("scripts/train.py", _train_args(one, synthetic_dir), 1, 8))
+
+    two = str(tmp_path / "two")
+    procs = _launch("scripts/train.py", _train_args(two, synthetic_dir), 2, 4)
+    metrics = os.path.join(two, "metrics.jsonl")
+    deadline = time.time() + 400
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 2:
+            break
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)  # a preempted worker: only one process is told
+    outs = _wait(procs)
+    stopped = checkpointing.steps_on_disk(two)
+    assert len(stopped) == 1 and 2 <= stopped[0] < OVERRIDES["num_steps"], outs[0][-3000:]
+    step = stopped[0]
+    assert f"stopped by SIGTERM at step {step}/" in outs[0]
+    assert f"process 1/2: SIGTERM at step {step}/" in outs[1]
+
+    # The same command again on both processes: they restore that checkpoint and finish.
+    outs = _wait(_launch("scripts/train.py", _train_args(two, synthetic_dir), 2, 4))
+    assert "done: step 10/10" in outs[0] and "process 1/2: done at step 10/10" in outs[1]
+    a, b = _losses(one), _losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
+    assert checkpointing.steps_on_disk(two)[-1] == 10
+
+
+def test_evaluation_on_two_processes_merges_to_the_one_process_file(synthetic_dir, tmp_path):
+    model = str(tmp_path / "model")
+    train = _train_args(model, synthetic_dir)
+    train = [a for a in train if not a.startswith("--config.num_steps")] + ["--config.num_steps=2"]
+    _wait(_launch("scripts/train.py", train, 1, 8))
+    ann = os.path.join(synthetic_dir, "annotations")
+    args = [
+        f"--config={os.path.join(REPO, 'configs', 'eval_vqav2.py')}",
+        f"--config.checkpoint={model}/export",
+        f"--config.tokenizer={synthetic_dir}/tokenizer",
+        f"--config.data.annotations={ann}/vqa_test_questions.json",
+        f"--config.data.answers={ann}/vqa_test_annotations.json",
+        f"--config.data.image_root={synthetic_dir}/images",
+        "--config.data.image_pattern=test/{image_id:06d}.jpg",
+        "--config.batch_size=4",
+        "--config.limit=10",
+        "--config.generation.max_new_tokens=3",
+        "--config.generation.num_beams=2",
+    ]
+    _wait(_launch("scripts/evaluate.py", [*args, f"--workdir={tmp_path / 'e1'}"], 1, 8))
+    _wait(_launch("scripts/evaluate.py", [*args, f"--workdir={tmp_path / 'e2'}"], 2, 4))
+    one = (tmp_path / "e1" / "predictions_vqav2.json").read_text()
+    two = (tmp_path / "e2" / "predictions_vqav2.json").read_text()
+    assert one == two and len(json.loads(one)) == 10
+    assert not list((tmp_path / "e2").glob("*.part*"))  # the shares were merged and removed
