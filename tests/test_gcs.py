@@ -167,6 +167,7 @@ def _train_until(c, workdir: str, stop_at: int) -> dict:
         loop.jit_train_step = original
 
 
+@pytest.mark.slow
 def test_stage1_in_a_bucket_resumes_bit_exactly(bucket, synthetic_dir, tmp_path):
     full = str(tmp_path / "full")
     loop.train(_config(synthetic_dir), full, progress=False)  # uninterrupted, on local disk

@@ -23,13 +23,14 @@ from vpgtrans_jax.data.sources import ListSource
 from vpgtrans_jax.data.transforms import SampleConfig, SampleProcessor
 from vpgtrans_jax.train import checkpointing
 
+pytestmark = pytest.mark.slow  # each run starts JAX in 2 processes: ~0.5-1 min on 2 cores
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny stage 2 (Q-Former + projector trained) on the (2, 2, 2) mesh.
 OVERRIDES = {
     "data.synthetic_images": 64,
     "model.tiny_llm_steps": 60,
     "batch_size": 8,
-    "num_steps": 10,
+    "num_steps": 6,
     "log_every": 1,
     "checkpoint_every": 1000,
     "optim.warmup_steps": 2,
@@ -87,7 +88,7 @@ def _launch(script: str, args: list[str], processes: int, devices: int) -> list[
     return procs
 
 
-def _wait(procs: list[subprocess.Popen], timeout: float = 400) -> list[str]:
+def _wait(procs: list[subprocess.Popen], timeout: float = 900) -> list[str]:
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
@@ -143,14 +144,22 @@ def test_host_rows_cover_every_sample_once_and_form_the_one_host_batches(synthet
         assert sorted(seen) == sorted(texts)
 
 
-def test_two_processes_train_like_one_stop_together_and_resume(synthetic_dir, tmp_path):
-    one = str(tmp_path / "one")
+@pytest.fixture(scope="module")
+def one_process_run(synthetic_dir, tmp_path_factory):
+    """The reference: the same stage on 1 process x 8 devices, same (2, 2, 2) mesh."""
+    one = str(tmp_path_factory.mktemp("one") / "run")
     _wait(_launch("scripts/train.py", _train_args(one, synthetic_dir), 1, 8))
+    return one
 
+
+def test_two_processes_train_like_one_stop_together_and_resume(
+    synthetic_dir, one_process_run, tmp_path
+):
+    steps = OVERRIDES["num_steps"]
     two = str(tmp_path / "two")
     procs = _launch("scripts/train.py", _train_args(two, synthetic_dir), 2, 4)
     metrics = os.path.join(two, "metrics.jsonl")
-    deadline = time.time() + 400
+    deadline = time.time() + 600
     while time.time() < deadline and all(p.poll() is None for p in procs):
         if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 2:
             break
@@ -158,29 +167,29 @@ def test_two_processes_train_like_one_stop_together_and_resume(synthetic_dir, tm
     procs[1].send_signal(signal.SIGTERM)  # a preempted worker: only one process is told
     outs = _wait(procs)
     stopped = checkpointing.steps_on_disk(two)
-    assert len(stopped) == 1 and 2 <= stopped[0] < OVERRIDES["num_steps"], outs[0][-3000:]
+    assert len(stopped) == 1 and 2 <= stopped[0] < steps, outs[0][-3000:]
     step = stopped[0]
     assert f"stopped by SIGTERM at step {step}/" in outs[0]
     assert f"process 1/2: SIGTERM at step {step}/" in outs[1]
 
     # The same command again on both processes: they restore that checkpoint and finish.
     outs = _wait(_launch("scripts/train.py", _train_args(two, synthetic_dir), 2, 4))
-    assert "done: step 10/10" in outs[0] and "process 1/2: done at step 10/10" in outs[1]
-    a, b = _losses(one), _losses(two)
-    assert sorted(a) == sorted(b) == list(range(1, 11))
+    assert f"done: step {steps}/{steps}" in outs[0]
+    assert f"process 1/2: done at step {steps}/{steps}" in outs[1]
+    a, b = _losses(one_process_run), _losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
-    assert checkpointing.steps_on_disk(two)[-1] == 10
+    assert checkpointing.steps_on_disk(two)[-1] == steps
+    assert os.path.isfile(os.path.join(two, "export", "vpgtrans_model.json"))
 
 
-def test_evaluation_on_two_processes_merges_to_the_one_process_file(synthetic_dir, tmp_path):
-    model = str(tmp_path / "model")
-    train = _train_args(model, synthetic_dir)
-    train = [a for a in train if not a.startswith("--config.num_steps")] + ["--config.num_steps=2"]
-    _wait(_launch("scripts/train.py", train, 1, 8))
+def test_evaluation_on_two_processes_merges_to_the_one_process_file(
+    synthetic_dir, one_process_run, tmp_path
+):
     ann = os.path.join(synthetic_dir, "annotations")
     args = [
         f"--config={os.path.join(REPO, 'configs', 'eval_vqav2.py')}",
-        f"--config.checkpoint={model}/export",
+        f"--config.checkpoint={one_process_run}/export",
         f"--config.tokenizer={synthetic_dir}/tokenizer",
         f"--config.data.annotations={ann}/vqa_test_questions.json",
         f"--config.data.answers={ann}/vqa_test_annotations.json",

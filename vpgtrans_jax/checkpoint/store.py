@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -39,7 +40,11 @@ def _release_freed_memory() -> None:
 
 
 def _checkpointer():
-    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    # Groups are host numpy data, written and read by one process on its own (process 0's
+    # export of a multi-process run): no barrier with the other processes.
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(ocp.StandardCheckpointHandler(), multiprocessing_options=alone)
 
 
 def save_group(path: str, flat: Mapping[str, np.ndarray]) -> None:

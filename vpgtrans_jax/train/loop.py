@@ -232,9 +232,11 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
                     f"checkpoint is in {ckpt.directory}"
                 )
             # Epoch exports, except one that the final export would duplicate.
+            if step in epoch_ends and not (step == steps and c.export_final):
+                on_host = _model_on_host(graphdef, state.params, frozen, n_proc)  # collective
             if step in epoch_ends and is_main and not (step == steps and c.export_final):
                 export_model_dir(
-                    nnx.merge(graphdef, state.params, frozen),
+                    on_host,
                     epoch_export_dir(workdir, epoch_ends[step]),
                     pretrained_path=model_source.get("path"),
                     created_by=f"scripts/train.py (stage {c.stage}, epoch {epoch_ends[step]}, "
@@ -276,9 +278,11 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
             f"{ckpt.directory})"
         )
     export_dir = None
+    if stopped_by is None and c.export_final:
+        on_host = _model_on_host(graphdef, state.params, frozen, n_proc)  # collective
     if stopped_by is None and c.export_final and is_main:
         export_dir = export_model_dir(
-            nnx.merge(graphdef, state.params, frozen),
+            on_host,
             paths.join(workdir, "export"),
             pretrained_path=model_source.get("path"),
             created_by=f"scripts/train.py (stage {c.stage}, step {step})",
@@ -321,6 +325,14 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
     else:  # each worker's log says where it stopped (all stop at the same step)
         print(f"[{c.stage}] process {pid}/{n_proc}: {stopped_by or 'done'} at step {step}/{steps}")
     return summary
+
+
+def _model_on_host(graphdef, params, frozen, n_proc: int) -> nnx.Module:
+    """The model to export. With several processes its arrays span them (process 0 cannot read
+    the other shards), so every process joins an all-gather to host memory first."""
+    if n_proc > 1:
+        params, frozen = multihost_utils.process_allgather((params, frozen), tiled=True)
+    return nnx.merge(graphdef, params, frozen)
 
 
 def _agreed_stop(local_signal: int | None, n_proc: int) -> int:
