@@ -24,6 +24,7 @@ from vpgtrans_jax.data.transforms import SampleConfig, SampleProcessor
 from vpgtrans_jax.train import checkpointing
 
 pytestmark = pytest.mark.slow  # each run starts JAX in 2 processes: ~0.5-1 min on 2 cores
+TIMEOUT_S = 300  # per launch; a hang (a lost peer) fails instead of blocking CI
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny stage 2 (Q-Former + projector trained) on the (2, 2, 2) mesh.
 OVERRIDES = {
@@ -83,16 +84,35 @@ def _launch(script: str, args: list[str], processes: int, devices: int) -> list[
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
+                start_new_session=True,  # its own process group: a timeout kills all it started
             )
         )
     return procs
 
 
-def _wait(procs: list[subprocess.Popen], timeout: float = 900) -> list[str]:
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
-    return outs
+def _wait(procs: list[subprocess.Popen], timeout: float = TIMEOUT_S) -> list[str]:
+    """Each process's output once all exit 0; on a timeout or a failure, all are killed and the
+    test fails with their output (a process whose peer died can wait on it forever)."""
+    deadline = time.monotonic() + timeout
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+            if p.returncode != 0:
+                break
+    except subprocess.TimeoutExpired:
+        pass
+    if len(outs) == len(procs) and all(p.returncode == 0 for p in procs):
+        return outs
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    outs = [p.communicate()[0] for p in procs]
+    report = "\n".join(
+        f"--- process {i} (exit {p.returncode}):\n{out[-3000:]}"
+        for i, (p, out) in enumerate(zip(procs, outs))
+    )
+    pytest.fail(f"a launch failed or ran over {timeout:.0f} s:\n{report}")
 
 
 def _train_args(workdir: str, synthetic_dir: str) -> list[str]:
@@ -159,12 +179,20 @@ def test_two_processes_train_like_one_stop_together_and_resume(
     two = str(tmp_path / "two")
     procs = _launch("scripts/train.py", _train_args(two, synthetic_dir), 2, 4)
     metrics = os.path.join(two, "metrics.jsonl")
-    deadline = time.time() + 600
-    while time.time() < deadline and all(p.poll() is None for p in procs):
-        if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 2:
-            break
-        time.sleep(0.1)
-    procs[1].send_signal(signal.SIGTERM)  # a preempted worker: only one process is told
+    deadline = time.monotonic() + TIMEOUT_S
+    # Step 1 logged: both processes are in the step loop, their stop handlers installed.
+    while not (os.path.exists(metrics) and open(metrics).read().strip()):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            _wait(procs, timeout=1)  # fails with their output if one failed or hung
+            pytest.fail("the run ended before it logged step 1")
+        time.sleep(0.01)
+    # Process 0 frozen holds process 1 at the next collective, so the signal always lands
+    # before the last step (no race with a fast machine); only process 1 is told, as a
+    # preempted worker would be.
+    os.kill(procs[0].pid, signal.SIGSTOP)
+    os.kill(procs[1].pid, signal.SIGTERM)
+    time.sleep(0.2)
+    os.kill(procs[0].pid, signal.SIGCONT)
     outs = _wait(procs)
     stopped = checkpointing.steps_on_disk(two)
     assert len(stopped) == 1 and 2 <= stopped[0] < steps, outs[0][-3000:]
