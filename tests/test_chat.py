@@ -26,7 +26,7 @@ def test_chat_answers_each_question(tmp_path):
             "--ask=what colour is the circle?",
             "--num_beams=2",
             "--max_new_tokens=4",
-        ]
+        ],
     )
     out = r.stdout.splitlines()
     assert r.returncode == 0 and len(out) == 2, r.stderr
@@ -43,7 +43,7 @@ def test_chat_answers_each_question(tmp_path):
             "--ask=what colour is the circle?",
             "--num_beams=2",
             "--max_new_tokens=4",
-        ]
+        ],
     )
     out = r.stdout.splitlines()
     assert r.returncode == 0 and len(out) == 2 and not any("###" in line for line in out)

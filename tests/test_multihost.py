@@ -47,14 +47,14 @@ def _load(path: str):
 
 
 @pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    # Made once here, so the processes of a run find the data and the tiny LLM cached.
+def synthetic_dir(tiny_synthetic_dir):
+    # The session's tiny data; prepared here for this stage, so the processes of a run find
+    # everything cached instead of each making it.
     c = _load("configs/tiny_finetune.py").get_config()
-    c.data.synthetic_dir = str(tmp_path_factory.mktemp("synthetic") / "data")
+    c.data.synthetic_dir = tiny_synthetic_dir
     c.data.synthetic_images = OVERRIDES["data.synthetic_images"]
     c.model.tiny_llm_steps = OVERRIDES["model.tiny_llm_steps"]
-    tiny.prepare(c)
-    return c.data.synthetic_dir
+    return tiny.prepare(c).data.synthetic_dir
 
 
 def _free_port() -> int:
