@@ -48,8 +48,8 @@ def bucket():
 
 
 @pytest.fixture(scope="module")
-def synthetic_dir(tiny_synthetic_dir):
-    return tiny_synthetic_dir  # the session's tiny data and LLM (tests/conftest.py)
+def synthetic_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("synthetic") / "data")
 
 
 def _config(synthetic_dir: str):
@@ -229,6 +229,7 @@ def test_conversion_from_and_into_a_bucket(bucket, tmp_path):
 
 
 def test_data_sources_read_from_a_bucket(bucket, synthetic_dir, tmp_path):
+    _config(synthetic_dir)  # writes the synthetic dataset
     _upload(os.path.join(synthetic_dir, "webdataset"), f"{bucket}/data/wds")
     _upload(os.path.join(synthetic_dir, "annotations"), f"{bucket}/data/annotations")
     _upload(os.path.join(synthetic_dir, "images", "train"), f"{bucket}/data/images/train")
