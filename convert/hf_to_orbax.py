@@ -17,7 +17,9 @@ from absl import flags  # noqa: E402
 from vpgtrans_jax import cli  # noqa: E402
 from vpgtrans_jax.checkpoint.convert import hf_to_orbax  # noqa: E402
 
-_SRC = flags.DEFINE_string("src", None, "HF model directory (config.json + weights)")
+_SRC = flags.DEFINE_string(
+    "src", None, "HF model directory (config.json + weights), or a HF hub id (owner/name)"
+)
 _OUT = flags.DEFINE_string("out", None, "model directory to create")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "stored dtype")
 _SCAN = flags.DEFINE_bool(

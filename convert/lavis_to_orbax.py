@@ -21,8 +21,8 @@ from vpgtrans_jax.checkpoint.convert import lavis_to_orbax  # noqa: E402
 
 _SRC = flags.DEFINE_string("src", None, "LAVIS / VPGTrans .pth checkpoint")
 _LLM = flags.DEFINE_string(
-    "llm", None, "HF LLM directory (or a vpgtrans-jax LLM/VL model directory) whose hidden size "
-    "matches the checkpoint's projector",
+    "llm", None, "HF LLM directory or hub id (or a vpgtrans-jax LLM/VL model directory) whose "
+    "hidden size matches the checkpoint's projector",
 )  # fmt: skip
 _OUT = flags.DEFINE_string("out", None, "model directory to create")
 _VIT = flags.DEFINE_string(

@@ -1,13 +1,11 @@
-"""Asks a VL model about an image from the terminal.
+"""Chats with a VL model about an image in the terminal; answers stream as they are generated.
 
-  python scripts/chat.py --checkpoint DIR --image cat.jpg                 # interactive
-  python scripts/chat.py --checkpoint DIR --image cat.jpg --ask "what is on the table?"
-  python scripts/chat.py --checkpoint DIR --image cat.jpg --ask ""        # a caption
-  python scripts/chat.py --checkpoint VL_VICUNA_DIR --image cat.jpg --end "###" \\
-      --template "###Human: <Img><ImageHere></Img> {} ###Assistant: "    # stage-3 chat model
+  python scripts/chat.py                                   # the tiny demo chat model (built once)
+  python scripts/chat.py --model DIR --image cat.jpg       # multi-turn; /image PATH, /reset, /quit
+  python scripts/chat.py --model DIR --image cat.jpg --ask "what is it?" --ask "its colour?"
 
-Each question fills ``--template`` and is answered with beam search up to ``--end`` ("\\n";
-"###" for stage-3 chat models). An empty question asks for a caption.
+The chat template is the one the model directory records (stage-3 exports: vicuna_v0), else
+BLIP-2's "Question: {} Answer:"; --template NAME overrides (docs/chat.md lists them).
 """
 
 from __future__ import annotations
@@ -19,55 +17,34 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-import vpgtrans_jax  # noqa: E402
 from vpgtrans_jax import cli  # noqa: E402
-from vpgtrans_jax.data.text import load_tokenizer  # noqa: E402
-from vpgtrans_jax.generation import answer_about_image  # noqa: E402
+from vpgtrans_jax.chat import terminal  # noqa: E402
+from vpgtrans_jax.chat.session import ChatModel, ChatSettings  # noqa: E402
+from vpgtrans_jax.tiny.chat_model import ensure_tiny_chat_model  # noqa: E402
 
-_CKPT = flags.DEFINE_string("checkpoint", None, "model directory (vpgtrans_jax.load)")
-_IMAGE = flags.DEFINE_string("image", None, "image file (any format PIL reads)")
-_TOK = flags.DEFINE_string("tokenizer", "", "HF tokenizer directory (default: --checkpoint)")
-_TEMPLATE = flags.DEFINE_string("template", "Question: {} Answer:", "prompt for a question")
-_END = flags.DEFINE_string("end", "\n", 'end of an answer: "\\n", or "###" (stage 3)')
-_PROMPT_LEN = flags.DEFINE_integer(
-    "max_prompt_len", 0, "prompt tokens kept (default: 160 with an <ImageHere> template, else 32)"
-)
-_ASK = flags.DEFINE_multi_string("ask", None, "question(s) to answer, then exit")
-_BEAMS = flags.DEFINE_integer("num_beams", 5, "beam size")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 30, "longest answer")
+_MODEL = flags.DEFINE_string("model", None, "model directory (default: the tiny demo model)")
+flags.DEFINE_alias("checkpoint", "model")
+_IMAGE = flags.DEFINE_string("image", None, "image file to start with")
+_TOK = flags.DEFINE_string("tokenizer", "", "HF tokenizer directory (default: the model's)")
+_TEMPLATE = flags.DEFINE_string("template", "", "chat template name (default: the model's)")
+_ASK = flags.DEFINE_multi_string("ask", None, "message(s) to answer in one conversation, then exit")
+_BEAMS = flags.DEFINE_integer("num_beams", 1, "beam size (> 1: the answer comes when done)")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0: greedy; > 0: sampling")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (with --temperature > 0)")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "longest answer")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _DTYPE = flags.DEFINE_string("dtype", "", "compute dtype override, e.g. bfloat16")
-flags.mark_flags_as_required(["checkpoint", "image"])
 
 
 def main(argv: list[str]) -> None:
-    if not os.path.isfile(_IMAGE.value):
-        raise ValueError(f"--image {_IMAGE.value!r} is not a file")
-    model = vpgtrans_jax.load(_CKPT.value, **({"dtype": _DTYPE.value} if _DTYPE.value else {}))
-    tokenizer = load_tokenizer(_TOK.value or _CKPT.value)
-    with open(_IMAGE.value, "rb") as f:
-        image = f.read()
-    template = _TEMPLATE.value
-    end = "\n" if _END.value == "\\n" else _END.value  # a shell's '\n' is backslash + n
-    prompt_len = _PROMPT_LEN.value or (160 if "<ImageHere>" in template else 32)
-
-    def answer(question: str) -> str:
-        return answer_about_image(
-            model, tokenizer, image, question, template=template, end=end,
-            num_beams=_BEAMS.value, max_new_tokens=_MAX_NEW.value, max_prompt_len=prompt_len,
-        )  # fmt: skip
-
-    if _ASK.value is not None:
-        for q in _ASK.value:
-            print(answer(q))
-        return
-    print("Ask about the image (empty line: caption; Ctrl-D to quit).")
-    while True:
-        try:
-            q = input("> ")
-        except EOFError:
-            print()
-            return
-        print(answer(q))
+    path = _MODEL.value or ensure_tiny_chat_model()
+    chat = ChatModel.load(path, template=_TEMPLATE.value, tokenizer=_TOK.value, dtype=_DTYPE.value)
+    settings = ChatSettings(
+        max_new_tokens=_MAX_NEW.value, num_beams=_BEAMS.value, temperature=_TEMPERATURE.value,
+        top_p=_TOP_P.value, seed=_SEED.value,
+    )  # fmt: skip
+    settings.check()
+    terminal.run(chat.session(), settings, image=_IMAGE.value, asks=_ASK.value)
 
 
 if __name__ == "__main__":

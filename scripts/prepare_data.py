@@ -67,7 +67,9 @@ def main(argv: list[str]) -> None:
     convert_source(make_source(_KIND.value, **kwargs), _OUT.value,
                    records_per_shard=_PER_SHARD.value, verify=_VERIFY.value,
                    max_bad_fraction=_MAX_BAD.value,
-                   max_image_pixels=_MAX_PIXELS.value)  # fmt: skip
+                   max_image_pixels=_MAX_PIXELS.value,
+                   inputs={"--ann": _ANN.value, "--questions": _QUESTIONS.value,
+                           "--annotations": _ANSWERS.value, "--shards": _SHARDS.value})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ _HELDOUT = flags.DEFINE_float(
     "heldout_fraction", _D.heldout_fraction, "share of distinct token pairs held out"
 )
 _SEED = flags.DEFINE_integer("seed", _D.seed, "random seed")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "replace --out if it is an earlier converter (never a foreign directory)"
+)
 _RAW = flags.DEFINE_bool(
     "raw_text", False, "use captions as written (default: LAVIS blip_caption, as the VL model sees)"
 )
@@ -55,7 +58,7 @@ def main(argv: list[str]) -> None:
                     heldout_fraction=_HELDOUT.value, seed=_SEED.value)  # fmt: skip
     conv = build_word_converter(
         _SRC.value, _TGT.value, _TEXT.value, _OUT.value, align=_ALIGN.value, fit=fit,
-        process_captions=not _RAW.value,
+        process_captions=not _RAW.value, overwrite=_OVERWRITE.value,
     )  # fmt: skip
     held = conv.meta["metrics"]["heldout_cosine"]
     print(f"held-out cosine: {'n/a' if held is None else f'{held:.4f}'}; wrote {_OUT.value}")

@@ -11,11 +11,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(
-    script: str, *args: str, timeout: float = 600, preexec_fn: Callable[[], None] | None = None
+    script: str,
+    *args: str,
+    timeout: float = 600,
+    preexec_fn: Callable[[], None] | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess:
     """``python <repo>/<script> <args>``; stdout and stderr captured as text.
 
-    ``preexec_fn`` runs in the child before the script (e.g. to set a resource limit).
+    ``preexec_fn`` runs in the child before the script (e.g. to set a resource limit);
+    ``stdin`` is typed into it (default: no input).
     """
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
@@ -25,4 +30,5 @@ def run_script(
         env=env,
         timeout=timeout,
         preexec_fn=preexec_fn,
+        **({"input": stdin} if stdin is not None else {}),
     )

@@ -176,3 +176,17 @@ def check_parity(
             f"({'OK' if passed else 'FAIL'}), load {t_load:.1f}s"
         )
     return ok
+
+
+def blip2_from_config(hf_config: dict, seed: int = 0) -> T.Blip2ForConditionalGeneration:
+    """A random fp32 BLIP-2 from a ``config.json`` dict (HF's own initialisation, dropout off):
+    the PyTorch side of ``scripts/bench_train.py``."""
+    torch.manual_seed(seed)
+    cfg = T.Blip2Config(**hf_config)
+    cfg.vision_config.attention_dropout = 0.0
+    cfg.qformer_config.attention_probs_dropout_prob = 0.0
+    cfg.qformer_config.hidden_dropout_prob = 0.0
+    for name in ("dropout", "attention_dropout"):
+        if hasattr(cfg.text_config, name):
+            setattr(cfg.text_config, name, 0.0)
+    return T.Blip2ForConditionalGeneration(cfg).eval()

@@ -37,6 +37,11 @@ class TrainingError(VPGTransError, RuntimeError):
     """Training cannot continue (e.g. too many consecutive non-finite steps)."""
 
 
+class ChatInputError(VPGTransError, ValueError):
+    """A chat request cannot be served (an image too large or unreadable, an empty or too long
+    message, a model without a tokenizer); the chat goes on after it."""
+
+
 __all__ = [
     "VPGTransError",
     "ConfigError",
@@ -45,4 +50,5 @@ __all__ = [
     "BadDataError",
     "MissingDependencyError",
     "TrainingError",
+    "ChatInputError",
 ]

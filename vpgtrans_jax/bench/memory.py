@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from vpgtrans_jax.checkpoint.safetensors import write_safetensors
+from vpgtrans_jax.outputs import atomic_output
 
 OPT_1_3B = dict(vocab_size=50272, hidden_size=2048, num_hidden_layers=24, ffn_dim=8192,
                 num_attention_heads=32, max_position_embeddings=2048)  # fmt: skip
@@ -40,8 +41,14 @@ def opt_shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def generate(directory: str, shards: int = 3) -> list[int]:
-    """Writes the random checkpoint; returns the shard sizes in bytes."""
-    os.makedirs(directory, exist_ok=True)
+    """Writes the random checkpoint (whole, never into a non-empty directory); returns the shard
+    sizes in bytes."""
+    with atomic_output(directory, kind="benchmark checkpoint",
+                       created_by="convert/bench_memory.py") as tmp:  # fmt: skip
+        return _write_checkpoint(tmp, shards)
+
+
+def _write_checkpoint(directory: str, shards: int) -> list[int]:
     shapes = opt_shapes(OPT_1_3B)
     total = sum(int(np.prod(s)) * 2 for _, s in shapes)
     rng = np.random.default_rng(0)

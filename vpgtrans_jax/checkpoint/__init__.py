@@ -9,5 +9,6 @@
 - ``store``: Orbax parameter groups and write-then-rename outputs; ``model_dir``: this project's
   model directory (a manifest + stored or referenced parts), the one on-disk format for whole
   models and for parts such as a trained VPG.
-- ``load``: ``vpgtrans_jax.load``; ``convert``: the conversions behind ``convert/*.py``.
+- ``load``: ``vpgtrans_jax.load``; ``convert``: the conversions behind ``convert/*.py``;
+  ``hub``: Hugging Face hub ids resolved through the local HF cache.
 """

@@ -15,8 +15,8 @@ import ml_dtypes
 import numpy as np
 
 from vpgtrans_jax import paths
-from vpgtrans_jax.checkpoint import lavis, model_dir, store
-from vpgtrans_jax.checkpoint.engine import export_tensors, import_tensors
+from vpgtrans_jax.checkpoint import hub, lavis, model_dir, store
+from vpgtrans_jax.checkpoint.engine import check_keys, export_tensors, import_tensors
 from vpgtrans_jax.checkpoint.hf import blip2, llms, qformer, vit
 from vpgtrans_jax.checkpoint.model_dir import ModelSpec
 from vpgtrans_jax.checkpoint.safetensors import ShardedSafetensorsWriter, write_safetensors
@@ -33,6 +33,7 @@ from vpgtrans_jax.models.parts import VPG_PARTS
 from vpgtrans_jax.models.qformer import QFormerConfig
 from vpgtrans_jax.models.vit import VisionConfig
 from vpgtrans_jax.models.vl_model import VLConfig
+from vpgtrans_jax.outputs import check_separate
 
 Log = Callable[[str], None]
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
@@ -53,6 +54,21 @@ def _log_origins(log: Log, origins: Mapping[str, str], refs: Mapping[str, str] =
         log(f"  {part:<13} → referenced, not copied: {where}")
 
 
+def model_inputs(label: str, path: str) -> dict[str, str]:
+    """``{label: path}`` plus, for a model directory, the sources its parts reference (reading it
+    reads them): what an output must keep clear of (``outputs.check_separate``)."""
+    found = {label: path}
+    try:
+        parts = model_dir.read_manifest(path)["parts"] if model_dir.is_model_dir(path) else {}
+    except CheckpointError:
+        return found
+    for part, entry in parts.items():
+        src = entry.get("source") if isinstance(entry, dict) else None
+        if isinstance(src, dict) and isinstance(src.get("path"), str):
+            found[f"{label}'s {part} source"] = src["path"]
+    return found
+
+
 # ---- Hugging Face → model directory -------------------------------------------------------------
 
 
@@ -66,8 +82,12 @@ def hf_to_orbax(
     group_bytes: int = store.DEFAULT_GROUP_BYTES,
     log: Log = print,
 ) -> dict[str, Any]:
-    """A HF BLIP-2 directory (whole VL model) or HF LLM directory (LLM only) → model directory."""
+    """A HF BLIP-2 directory (whole VL model) or HF LLM directory (LLM only) → model directory.
+
+    ``src`` may be a Hugging Face hub id (``checkpoint.hub.resolve``)."""
     _dtype(dtype)
+    src = hub.resolve(src)
+    check_separate(out, {"--src": src})
     cfg_path = paths.join(src, "config.json")
     if not paths.isdir(src):
         raise CheckpointError(f"{src}: not a directory")
@@ -77,7 +97,7 @@ def hf_to_orbax(
     if blip2.is_blip2(hf):
         try:
             cfg = blip2.config_from_hf(hf, **over)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise CheckpointError(f"{cfg_path}: {e}") from e
         spec = ModelSpec.of(cfg)
         source = open_hf_weights(src)
@@ -95,11 +115,12 @@ def hf_to_orbax(
             f"{cfg_path}: model_type {model_type!r} cannot be converted; expected a BLIP-2 "
             f"directory ('blip-2') or an LLM ({sorted(llms.MODEL_TYPE_FAMILY)})"
         )
+    what = f"a {model_type} model with this config.json"
+    check_keys(source, rules, optional=optional, what=what)  # before building anything
     expected = spec.expected()
 
     def write(w: model_dir.PartWriter) -> None:
-        import_tensors(source, rules, expected, w.emit, optional=optional,
-                       what=f"a {model_type} model")  # fmt: skip
+        import_tensors(source, rules, expected, w.emit, optional=optional, what=what)
 
     origin = {"kind": kind, "path": paths.abspath(src)}
     manifest = model_dir.write_model_dir(
@@ -144,7 +165,7 @@ def vpg_configs(path: str | None, **over: Any) -> tuple[VisionConfig, QFormerCon
             VisionConfig(**{**d["vision"], **over}),
             QFormerConfig(**{**d["qformer"], **over}),
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path}: not a usable ViT/Q-Former config ({e})") from e
 
 
@@ -171,6 +192,8 @@ def lavis_to_orbax(
         such as the Q-Former's text path are always skipped and reported).
     """
     _dtype(dtype)
+    inputs = {"--src": src, **model_inputs("--llm", llm), "--vit": vit, "--vpg-config": vpg_config}
+    check_separate(out, inputs)
     over = dict(param_dtype=dtype, scan_layers=scan_layers)
     sd = _unwrap(load_torch_pickle(src), src)
     projs = [n for n in ("opt_proj", "llama_proj", "t5_proj") if f"{n}.weight" in sd]
@@ -185,6 +208,7 @@ def lavis_to_orbax(
     if "query_tokens" not in sd or len(sd["query_tokens"].shape) != 3:
         raise CheckpointError(f"{src}: missing query_tokens [1, num_query, width]")
 
+    llm = hub.resolve(llm)
     llm_src = model_dir.describe_source(llm)
     if llm_src["kind"] == "hf_blip2":
         raise CheckpointError(f"{llm}: --llm must be an LLM directory, got a BLIP-2 directory")
@@ -289,6 +313,7 @@ def orbax_to_hf(
 ) -> list[str]:
     """A VL model directory → HF ``Blip2ForConditionalGeneration`` directory. Returns the shards."""
     cast = _dtype(dtype)
+    check_separate(out, model_inputs("--src", src))
     m = model_dir.read_manifest(src)
     spec = model_dir.spec_from_manifest(m, src)
     if spec.vl is None:
@@ -301,6 +326,16 @@ def orbax_to_hf(
             f"{src} records no image_token_index (it did not come from a HF BLIP-2): pass "
             "--image-token-index ID, the id of the image placeholder token of your tokenizer"
         )
+    vocab = cfg.llm.vocab_size
+    if isinstance(image_token_index, bool) or not isinstance(image_token_index, int):
+        raise CheckpointError(
+            f"{src}: image_token_index must be an integer token id, got {image_token_index!r}"
+        )
+    if not 0 <= image_token_index < vocab:
+        raise CheckpointError(
+            f"{src}: image_token_index {image_token_index} is outside the LLM's vocabulary "
+            f"[0, {vocab})"
+        )
     try:
         config = blip2.config_to_hf(cfg, image_token_index)
     except ValueError as e:
@@ -308,7 +343,8 @@ def orbax_to_hf(
     if cfg.ln_vision_eps != cfg.vision.layer_norm_eps:
         log(f"note: ln_vision eps {cfg.ln_vision_eps} is written as {cfg.vision.layer_norm_eps}: "
             "HF's post_layernorm shares the ViT's layer_norm_eps")  # fmt: skip
-    with store.atomic_output(out, overwrite=overwrite) as tmp:
+    with store.atomic_output(out, overwrite=overwrite, kind="HF BLIP-2 directory",
+                             created_by="convert/orbax_to_hf.py") as tmp:  # fmt: skip
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
         for key, a in _stored_tensors(src, spec, spec.parts):
             writer.add(key, a if cast is None else a.astype(cast))
@@ -332,6 +368,7 @@ def orbax_to_lavis(
     import torch  # lazy: torch is optional; only the LAVIS formats (pickles) need it
 
     cast = _dtype(dtype)
+    check_separate(out, model_inputs("--src", src))
     spec = model_dir.read_spec(src)
     if spec.vl is None:
         raise CheckpointError(f"{src}: holds only an LLM; there is no VPG to export")
@@ -363,10 +400,13 @@ def llm_to_hf(
     """The LLM of a model directory (or of any checkpoint holding one) → a HF causal-LM directory
     (``config.json`` + ``model.safetensors`` + the tokenizer files of ``tokenizer_dir``) that
     ``AutoModelForCausalLM.from_pretrained`` opens."""
+    check_separate(out, {**model_inputs("src", src), "tokenizer_dir": tokenizer_dir})
     spec, flat = model_dir.read_parts(src, ["llm"])
     tensors = dict(export_tensors(flat.items(), llms.weight_rules(spec.llm, "llm.")))
     hf_config = {**llms.config_to_hf(spec.llm), "torch_dtype": "float32"}
-    with store.atomic_output(out, overwrite=overwrite) as tmp:
+    made_by = "vpgtrans_jax.checkpoint.convert.llm_to_hf"
+    with store.atomic_output(out, overwrite=overwrite, kind="HF LLM directory",
+                             created_by=made_by) as tmp:  # fmt: skip
         write_safetensors(os.path.join(tmp, "model.safetensors"), tensors)
         tokenizer_dir = paths.local_copy(tokenizer_dir) if tokenizer_dir else None
         for name in os.listdir(tokenizer_dir) if tokenizer_dir else []:
@@ -384,4 +424,5 @@ __all__ = [
     "orbax_to_lavis",
     "vpg_configs",
     "llm_to_hf",
+    "model_inputs",
 ]

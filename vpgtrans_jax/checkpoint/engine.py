@@ -12,6 +12,7 @@ is an export followed by an import with the other layout's rules.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import ml_dtypes
@@ -19,10 +20,19 @@ import numpy as np
 from flax import nnx
 
 from vpgtrans_jax.checkpoint.fill import expected_params, fill_abstract
-from vpgtrans_jax.checkpoint.rules import WeightRule, expand, from_ours, stacked_path, to_ours
+from vpgtrans_jax.checkpoint.rules import (
+    WeightRule,
+    expand,
+    from_ours,
+    stacked_path,
+    to_ours,
+    torch_shape,
+)
 from vpgtrans_jax.checkpoint.sources import MappingSource, TensorSource
 from vpgtrans_jax.checkpoint.store import CHUNK_MARK, assemble_pieces
 from vpgtrans_jax.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 Emit = Callable[[str, np.ndarray], None]
 Expected = Mapping[str, tuple[tuple[int, ...], np.dtype]]
@@ -34,10 +44,12 @@ def is_float(dtype: np.dtype) -> bool:
 
 @dataclasses.dataclass
 class ImportReport:
-    """What an import read: the torch keys used and the known-optional ones it skipped."""
+    """What an import read: the torch keys used, the known-optional ones it skipped, and the
+    fused tensors whose non-zero k-bias piece it dropped."""
 
     used: set[str] = dataclasses.field(default_factory=set)
     skipped: list[str] = dataclasses.field(default_factory=list)
+    dropped: list[str] = dataclasses.field(default_factory=list)  # non-zero ViT k biases
 
 
 def _short(keys: list[str], n: int = 25) -> str:
@@ -69,6 +81,31 @@ def check_keys(
     return needed, [k for k in extra if optional(k)]
 
 
+def check_shapes(
+    source: TensorSource, rules: Iterable[WeightRule], expected: Expected, *, what: str = ""
+) -> None:
+    """Compares the shapes the source's index declares (without reading a tensor) with those
+    ``rules`` and ``expected`` need; raises CheckpointError naming the first that differs."""
+    bad: list[str] = []
+    for r in rules:
+        path = stacked_path(r) if r.stacked else None
+        for ours, hf, _ in expand(r):
+            have = source.shape(hf)
+            want = expected.get(path or ours)
+            if have is None or want is None:
+                continue  # unknown without reading; checked when the tensor is converted
+            need = torch_shape(r, tuple(want[0][1:]) if r.stacked else tuple(want[0]))
+            if tuple(have) != need:
+                bad.append(
+                    f"tensor {hf!r} has shape {tuple(have)}, {what or 'the model'} needs {need}"
+                )
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{source.name}: {bad[0]}{more}; does the config describe this checkpoint?"
+        )
+
+
 def import_tensors(
     source: TensorSource,
     rules: list[WeightRule],
@@ -90,6 +127,7 @@ def import_tensors(
         unread key, and any missing key, is an error listing them.
     """
     needed, skipped = check_keys(source, rules, optional=optional, what=what)
+    check_shapes(source, rules, expected, what=what)
     uses: dict[str, list[tuple[WeightRule, str, int | None]]] = {}
     covered: dict[str, set[int]] = {}
     for r in rules:
@@ -99,6 +137,7 @@ def import_tensors(
                 covered.setdefault(hf, set()).add(r.chunk)
     stacks: dict[str, set[int]] = {}  # stacked parameter -> layers emitted so far
     report = ImportReport(used=set(needed), skipped=skipped)
+    dropped: dict[str, None] = {}  # fused tensors with a non-zero piece no parameter holds
 
     def convert(key: str, targets: list[tuple[WeightRule, str, int | None]]) -> None:
         t = source.read(key)
@@ -107,8 +146,8 @@ def import_tensors(
                 f"{source.name}: tensor {key!r} has dtype {t.dtype}, expected a floating "
                 "point tensor"
             )
-        if key in covered:
-            _check_uncovered_chunks_zero(source.name, key, t, uses[key][0][0], covered[key])
+        if key in covered and _has_nonzero_uncovered_chunk(t, uses[key][0][0], covered[key]):
+            dropped[key] = None
         for rule, ours, layer in targets:
             _convert_one(source.name, key, t, rule, ours, layer, expected, stacks, emit)
 
@@ -127,6 +166,14 @@ def import_tensors(
         source.release(shard)
     if stacks:
         raise CheckpointError(f"{source.name}: incomplete layer stacks for {sorted(stacks)[:5]}")
+    if dropped:
+        log.info(
+            "%s: dropped the non-zero k bias of %d ViT attention layer(s) (e.g. %s): a k bias adds "
+            "the same constant to every attention score of a query, which softmax cancels, so "
+            "the outputs are unchanged",
+            source.name, len(dropped), next(iter(dropped)),
+        )  # fmt: skip
+    report.dropped = list(dropped)
     return report
 
 
@@ -160,17 +207,20 @@ def _convert_one(name, key, t, rule, ours, layer, expected, stacks, emit) -> Non
         stacks.pop(path)
 
 
-def _check_uncovered_chunks_zero(name, key, t, rule, covered) -> None:
-    """A fused tensor's pieces that no parameter holds (the ViT's k bias) must be zero."""
+def _has_nonzero_uncovered_chunk(t: np.ndarray, rule: WeightRule, covered: set[int]) -> bool:
+    """Whether a fused tensor has a non-zero piece that no parameter holds.
+
+    The only such piece is the k part of the ViT's fused ``qkv.bias`` (EVA has none; HF
+    transformers 5 trains it as part of one parameter). It is dropped, which is exact: for a
+    query q, ``q·(k_j + b) = q·k_j + q·b`` shifts all of q's scores by the same constant.
+    """
     n = t.shape[0] // rule.num_chunks if t.ndim and t.shape[0] % rule.num_chunks == 0 else None
     if n is None:
-        return  # to_ours reports the bad shape
-    for c in range(rule.num_chunks):
-        if c not in covered and np.any(np.asarray(t[c * n : (c + 1) * n], np.float32) != 0):
-            raise CheckpointError(
-                f"{name}: tensor {key!r}: elements {c * n}:{(c + 1) * n} (the k bias) must be "
-                "all zeros; the model has no k bias"
-            )
+        return False  # to_ours reports the bad shape
+    return any(
+        c not in covered and np.any(np.asarray(t[c * n : (c + 1) * n], np.float32) != 0)
+        for c in range(rule.num_chunks)
+    )
 
 
 def export_tensors(
@@ -280,6 +330,7 @@ __all__ = [
     "import_all",
     "export_tensors",
     "check_keys",
+    "check_shapes",
     "ImportReport",
     "is_float",
     "join_pieces",

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from vpgtrans_jax.errors import CheckpointError
+from vpgtrans_jax.nn.layers import abstract_params
 
 
 def dotted(tree: Mapping) -> dict[str, Any]:
@@ -48,8 +49,13 @@ def flat_params(params: Any) -> dict[str, np.ndarray]:
 
 
 def abstract(factory: Callable[[], nnx.Module]) -> nnx.Module:
-    """Builds a model without allocating its parameters (shapes and dtypes only)."""
-    return nnx.eval_shape(factory)
+    """Builds a model without allocating its parameters (shapes and dtypes only).
+
+    Equal to ``nnx.eval_shape(factory)`` but untraced, so its cost is linear in the number of
+    parameters (``nn.layers.abstract_params`` says why tracing was quadratic).
+    """
+    with abstract_params():
+        return factory()
 
 
 def expected_params(model: nnx.Module) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from vpgtrans_jax import paths, sharding
-from vpgtrans_jax.checkpoint import engine, model_dir
+from vpgtrans_jax.checkpoint import engine, hub, model_dir
 from vpgtrans_jax.checkpoint.fill import abstract, expected_params, fill_abstract
 from vpgtrans_jax.checkpoint.hf import blip2
 from vpgtrans_jax.checkpoint.sources import open_hf_weights, read_json
@@ -36,7 +36,9 @@ def load(
     """Loads a VL model from ``path``.
 
     Args:
-      path: a model directory of this project or a Hugging Face BLIP-2 directory.
+      path: a model directory of this project or a Hugging Face BLIP-2 directory, or a Hugging
+        Face hub id (``"Salesforce/blip2-opt-2.7b"``) when no such local path exists: its
+        snapshot in the local HF cache, downloaded unless ``HF_HUB_OFFLINE=1`` (``checkpoint.hub``).
       mesh: when given, parameters are placed on it (one tensor at a time) following ``rules``.
       **tower_overrides: config fields applied to every tower, e.g. ``dtype="bfloat16"``,
         ``param_dtype="bfloat16"``, ``scan_layers=True``, ``remat_policy="nothing_saveable"``;
@@ -45,6 +47,7 @@ def load(
     Returns:
       ``VLModel``; call it as ``model(pixel_values[B,H,W,3], input_ids[B,T], attention_mask[B,T])``.
     """
+    path = hub.resolve(path)
     if not paths.isdir(path):  # a local directory or a URL (gs://...)
         raise CheckpointError(f"{path}: not a directory")
     if model_dir.is_model_dir(path):
@@ -74,15 +77,17 @@ def load_hf_blip2(
         hf_config = read_json(paths.join(path, "config.json"))
     try:
         cfg = blip2.config_from_hf(hf_config, **tower_overrides)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path}/config.json: {e}") from e
+    source, weight_rules = open_hf_weights(path), blip2.weight_rules(cfg)
+    optional = lambda k: blip2.is_unused_key(k, cfg)  # noqa: E731
+    what = "a BLIP-2 model with this config.json"
+    # The tensor names config.json implies are checked against the checkpoint's index before any
+    # model is built: a config claiming 2000 layers over a 2-layer checkpoint fails at once.
+    engine.check_keys(source, weight_rules, optional=optional, what=what)
     abstract_model = abstract(lambda: VLModel(cfg, rngs=nnx.Rngs(params=jax.random.key(0))))
     flat = engine.import_all(
-        open_hf_weights(path),
-        blip2.weight_rules(cfg),
-        expected_params(abstract_model),
-        optional=lambda k: blip2.is_unused_key(k, cfg),
-        what="a BLIP-2 model with this config.json",
+        source, weight_rules, expected_params(abstract_model), optional=optional, what=what
     )
     shardings = None
     if mesh is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -24,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from vpgtrans_jax import paths, sharding
-from vpgtrans_jax.checkpoint import engine, store
+from vpgtrans_jax.checkpoint import engine, hub, store
 from vpgtrans_jax.checkpoint.fill import abstract, expected_params, fill_abstract, flat_params
 from vpgtrans_jax.checkpoint.hf import blip2, llms
 from vpgtrans_jax.checkpoint.rules import WeightRule
@@ -125,14 +126,18 @@ class ModelSpec:
     def expected(self, parts: Iterable[str] | None = None) -> dict[str, tuple[tuple, np.dtype]]:
         """Our path → (shape, dtype) of every parameter of ``parts`` (no allocation)."""
         wanted = set(self.parts if parts is None else parts)
-        rngs = lambda: nnx.Rngs(params=jax.random.key(0))  # noqa: E731
-        if self.vl is not None:
-            found = expected_params(abstract(lambda: VLModel(self.vl, rngs=rngs())))
-        else:
-            llm_cls = registry.family_of(self.llm).model_cls
-            found = expected_params(abstract(lambda: llm_cls(self.llm, rngs=rngs())))
-            found = {f"llm.{k}": v for k, v in found.items()}
-        return {k: v for k, v in found.items() if part_of(k) in wanted}
+        return {k: v for k, v in _all_expected(self).items() if part_of(k) in wanted}
+
+
+@functools.lru_cache(maxsize=8)
+def _all_expected(spec: ModelSpec) -> dict[str, tuple[tuple, np.dtype]]:
+    """Every parameter's (shape, dtype); cached, as one conversion asks once per part."""
+    rngs = lambda: nnx.Rngs(params=jax.random.key(0))  # noqa: E731
+    if spec.vl is not None:
+        return expected_params(abstract(lambda: VLModel(spec.vl, rngs=rngs())))
+    llm_cls = registry.family_of(spec.llm).model_cls
+    found = expected_params(abstract(lambda: llm_cls(spec.llm, rngs=rngs())))
+    return {f"llm.{k}": v for k, v in found.items()}
 
 
 def open_hf_llm(directory: str) -> TensorSource:
@@ -194,13 +199,14 @@ def read_config(path: str, **overrides: Any) -> VLConfig:
 
 
 def describe_source(src: str | Mapping[str, Any]) -> dict[str, str]:
-    """A source reference ``{"kind", "path"}`` from a dict or a path (the kind is detected)."""
+    """A source reference ``{"kind", "path"}`` from a dict or a path (the kind is detected; a
+    Hugging Face hub id is resolved to its local snapshot, ``checkpoint.hub``)."""
     if isinstance(src, Mapping):
         kind, path = src.get("kind"), src.get("path")
         if kind not in SOURCE_KINDS or not isinstance(path, str):
             raise ValueError(f"source {dict(src)!r}: need kind in {SOURCE_KINDS} and a path")
         return {"kind": kind, "path": path}
-    path = paths.abspath(src)
+    path = paths.abspath(hub.resolve(src))
     if is_model_dir(path):
         return {"kind": "vpgtrans", "path": path}
     cfg_path = paths.join(path, "config.json")
@@ -233,26 +239,51 @@ def _check_arch(part: str, have, want, where: str) -> None:
         )
 
 
-def part_tensors(path: str, part: str, target: ModelSpec) -> Iterator[dict[str, np.ndarray]]:
+def part_tensors(
+    path: str, part: str, target: ModelSpec, *, chain: tuple[str, ...] = ()
+) -> Iterator[dict[str, np.ndarray]]:
     """Yields ``{our path: array}`` chunks holding all of ``part`` in ``target``'s layout.
 
     Stored dtypes are kept; references are followed; a stored layer layout that differs from the
-    target's (``scan_layers``) is converted.
+    target's (``scan_layers``) is converted. ``chain``: the model directories that referred here
+    (a reference back to one of them is a cycle, refused).
     """
+    here = paths.abspath(path) if paths.is_remote(path) else os.path.realpath(path)
+    if here in chain:
+        loop = " -> ".join([*chain[chain.index(here) :], here])
+        raise CheckpointError(f"{path}: part {part!r} is referenced in a cycle ({loop})")
+    chain = (*chain, here)
     m = read_manifest(path)
     stored_spec = spec_from_manifest(m, path)
     entry = m["parts"].get(part)
     if entry is None:
         raise CheckpointError(f"{path}: has no part {part!r} (it holds {sorted(m['parts'])})")
+    where = paths.join(path, MANIFEST)
+    if not isinstance(entry, Mapping):
+        raise CheckpointError(f"{where}: part {part!r} must be a JSON object, got {entry!r}")
     _check_arch(part, stored_spec.tower(part), target.tower(part), path)
     if not entry.get("stored"):
-        yield from source_part_tensors(entry.get("source") or {}, part, target, base=path)
+        src = entry.get("source")
+        try:
+            if not isinstance(src, Mapping):
+                raise ValueError(f"source {src!r}: need a {{'kind', 'path'}} object")
+            src = describe_source(src)
+        except ValueError as e:
+            raise CheckpointError(f"{where}: part {part!r} is not stored; {e}") from e
+        yield from source_part_tensors(src, part, target, base=path, chain=chain)
         return
-    groups = [paths.join(path, "params", part, g) for g in entry.get("groups") or []]
+    names = entry.get("groups")
+    if not isinstance(names, list) or not all(_is_group_name(g) for g in names):
+        raise CheckpointError(
+            f"{where}: part {part!r} needs 'groups', a list of directory names under "
+            f"params/{part}, got {names!r}"
+        )
+    groups = [paths.join(path, "params", part, g) for g in names]
     if not groups:
         raise CheckpointError(f"{path}: part {part!r} is marked stored but lists no groups")
     have, want = stored_spec.tower(part), target.tower(part)
     read = store.assemble_pieces((store.restore_group(g) for g in groups), f"{path}:{part}")
+    read = checked_part(read, part, stored_spec, path)
     if have is None or want is None or have.scan_layers == want.scan_layers:
         yield from read
         return
@@ -260,6 +291,44 @@ def part_tensors(path: str, part: str, target: ModelSpec) -> Iterator[dict[str, 
     for chunk in read:
         flat.update(chunk)
     yield relayout(flat, part, stored_spec, target)
+
+
+def checked_part(
+    chunks: Iterable[dict[str, np.ndarray]], part: str, spec: ModelSpec, where: str
+) -> Iterator[dict[str, np.ndarray]]:
+    """``chunks`` of a stored part, each checked against what ``spec`` (the manifest's config)
+    says the part holds: the same parameter paths, shapes, and floating-point dtypes.
+
+    A tampered or mismatched manifest thus fails here, naming the first offending tensor, before
+    its arrays reach a model or an exported file.
+    """
+    want = spec.expected([part])
+    seen: set[str] = set()
+    for chunk in chunks:
+        for key, value in chunk.items():
+            if key not in want:
+                raise CheckpointError(
+                    f"{where}: part {part!r} stores {key!r}, which the manifest's config does not "
+                    "have (does the config describe these parameters?)"
+                )
+            if tuple(value.shape) != tuple(want[key][0]):
+                raise CheckpointError(
+                    f"{where}: {key!r} has shape {tuple(value.shape)}, the manifest's config "
+                    f"needs {tuple(want[key][0])}"
+                )
+            if not engine.is_float(value.dtype):
+                raise CheckpointError(
+                    f"{where}: tensor {key!r} has dtype {value.dtype}, expected a floating point "
+                    "tensor"
+                )
+            seen.add(key)
+        yield chunk
+    missing = sorted(set(want) - seen)
+    if missing:
+        raise CheckpointError(
+            f"{where}: part {part!r} lacks {len(missing)} parameter(s) of the manifest's config, "
+            f"first {missing[0]!r}"
+        )
 
 
 def relayout(
@@ -273,14 +342,23 @@ def relayout(
     return engine.relayout(flat, rules(have), rules(want), expected, f"{part} (relayout)")
 
 
+def _is_group_name(name: Any) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and os.sep not in name
+
+
 def source_part_tensors(
-    src: Mapping[str, Any], part: str, target: ModelSpec, *, base: str = "."
+    src: Mapping[str, Any],
+    part: str,
+    target: ModelSpec,
+    *,
+    base: str = ".",
+    chain: tuple[str, ...] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields ``part`` read from a referenced source (see ``describe_source``)."""
     src = describe_source(src)
     path = src["path"] if paths.isabs(src["path"]) else paths.join(base, src["path"])
     if src["kind"] == "vpgtrans":
-        yield from part_tensors(path, part, target)
+        yield from part_tensors(path, part, target, chain=chain)
         return
     hf = read_json(paths.join(path, "config.json"))
     if src["kind"] == "hf_blip2":
@@ -288,7 +366,7 @@ def source_part_tensors(
             raise CheckpointError(f"{path}: a BLIP-2 source can only feed a VL model's parts")
         try:
             src_spec = ModelSpec.of(blip2.config_from_hf(hf))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise CheckpointError(f"{path}/config.json: {e}") from e
         source: TensorSource = open_hf_weights(path)
     else:
@@ -351,7 +429,10 @@ def write_model_dir(
     """
     refs = _by_part(sources or {}, spec)
     why = _by_part(origins or {}, spec)
-    with store.atomic_output(out, overwrite=overwrite) as tmp:
+    with store.atomic_output(
+        out, overwrite=overwrite, kind="model directory", created_by=created_by,
+        also_ours=_is_plain_model_dir,
+    ) as tmp:  # fmt: skip
         writer = PartWriter(tmp, group_bytes)
         write(writer)
         groups = writer.close()
@@ -390,6 +471,12 @@ def write_model_dir(
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=False)
     return manifest
+
+
+def _is_plain_model_dir(path: str) -> bool:
+    """A model directory written before outputs carried a marker: its manifest and params only."""
+    entries = set(paths.listdir(path))
+    return MANIFEST in entries and entries <= {MANIFEST, "params"}
 
 
 def _by_part(d: Mapping[str, Any], spec: ModelSpec) -> dict[str, Any]:
@@ -438,6 +525,9 @@ def save_model_dir(
     ]
     if bad:
         raise ValueError("shape mismatch: " + "; ".join(bad[:20]))
+    ints = [f"{k} ({v.dtype})" for k, v in flat.items() if not engine.is_float(v.dtype)]
+    if ints:
+        raise ValueError(f"parameters must be floating point: {', '.join(ints[:20])}")
 
     def write(w: PartWriter) -> None:
         for k, v in flat.items():
@@ -466,7 +556,7 @@ def read_parts(
         else:
             spec = ModelSpec.llm_only(llms.config_from_hf(hf, path))
         spec = spec.replace_towers(**overrides)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path}: {e}") from e
     wanted = expand_parts(parts) if parts is not None else list(spec.parts)
     missing = [p for p in wanted if p not in spec.parts]
@@ -537,5 +627,6 @@ __all__ = [
     "describe_source",
     "write_model_dir",
     "part_tensors",
+    "checked_part",
     "open_hf_llm",
 ]

@@ -87,6 +87,17 @@ def from_ours(kind: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
+def torch_shape(rule: WeightRule, ours: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch tensor shape that ``to_ours`` turns into one layer's ``ours`` shape."""
+    if rule.kind == "linear" and len(ours) == 2:
+        return (ours[1], ours[0])
+    if rule.kind == "conv" and len(ours) == 4:
+        return (ours[3], ours[2], ours[0], ours[1])
+    if rule.kind == "chunk" and ours:
+        return (ours[0] * rule.num_chunks, *ours[1:])
+    return tuple(ours)
+
+
 def expand(rule: WeightRule) -> list[tuple[str, str, int | None]]:
     """(our path, hf key, layer index) for every layer of a rule; our path is per-layer."""
     if rule.num_layers is None:
@@ -105,6 +116,7 @@ __all__ = [
     "layer_rules",
     "to_ours",
     "from_ours",
+    "torch_shape",
     "expand",
     "stacked_path",
 ]

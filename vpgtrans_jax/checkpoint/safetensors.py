@@ -33,6 +33,16 @@ _ST_DTYPES = {
 }
 
 
+MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
+
+
+def _count(x: Any) -> int:
+    """A non-negative JSON integer (a size or an offset)."""
+    if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+        raise ValueError(f"expected a non-negative integer, got {x!r}")
+    return x
+
+
 class SafetensorsFile(Mapping[str, np.ndarray]):
     """Lazy read-only mapping ``name -> np.ndarray`` over one ``.safetensors`` file.
 
@@ -51,27 +61,33 @@ class SafetensorsFile(Mapping[str, np.ndarray]):
                 if len(raw) != 8:
                     raise CheckpointError(f"{path}: file too short to be safetensors (truncated?)")
                 (n,) = struct.unpack("<Q", raw)
-                if n > size - 8:
+                if n > size - 8 or n > MAX_HEADER_BYTES:
                     raise CheckpointError(
-                        f"{path}: header length {n} exceeds the file size {size} (truncated or "
-                        "not a safetensors file)"
+                        f"{path}: header length {n} exceeds the file size {size} or the "
+                        f"{MAX_HEADER_BYTES}-byte limit (truncated or not a safetensors file)"
                     )
                 header = json.loads(f.read(n))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        except RecursionError as e:
+            raise CheckpointError(
+                f"{path}: not a safetensors file (its header JSON is nested too deeply)"
+            ) from e
         if not isinstance(header, dict):
             raise CheckpointError(f"{path}: safetensors header is not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict):
+            raise CheckpointError(f"{path}: safetensors __metadata__ is not a JSON object")
         self._start = 8 + n
         data_len = size - self._start
         self.entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
         for key, info in header.items():
             try:
-                begin, end = (int(x) for x in info["data_offsets"])
+                begin, end = (_count(x) for x in info["data_offsets"])
                 dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-                shape = tuple(int(s) for s in info["shape"])
+                shape = tuple(_count(s) for s in info["shape"])
             except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(f"{path}: bad header entry for {key!r} ({e})") from e
+                raise CheckpointError(f"{path}: bad header entry for {key!r} ({e!r})") from e
             if end > data_len or end - begin != dtype.itemsize * int(np.prod(shape)):
                 raise CheckpointError(
                     f"{path}: tensor {key!r} needs bytes {begin}:{end} but the data section has "
@@ -144,11 +160,13 @@ class ShardedSafetensorsWriter:
         self._buf: dict[str, np.ndarray] = {}
         self._bytes = 0
         self._shards: list[list[str]] = []
+        self._seen: set[str] = set()
         self._total = 0
 
     def add(self, key: str, a: np.ndarray) -> None:
-        if key in self._buf or any(key in s for s in self._shards):
+        if key in self._seen:
             raise CheckpointError(f"tensor {key!r} written twice")
+        self._seen.add(key)
         if self._buf and self._bytes + a.nbytes > self.max_bytes:
             self._flush()
         self._buf[key] = a
@@ -181,4 +199,4 @@ class ShardedSafetensorsWriter:
         return names
 
 
-__all__ = ["SafetensorsFile", "write_safetensors", "ShardedSafetensorsWriter"]
+__all__ = ["MAX_HEADER_BYTES", "SafetensorsFile", "write_safetensors", "ShardedSafetensorsWriter"]

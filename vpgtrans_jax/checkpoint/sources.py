@@ -49,6 +49,10 @@ class TensorSource(abc.ABC):
     def keys(self) -> list[str]:
         return [k for _, ks in self.shards() for k in ks]
 
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        """``key``'s shape when the index tells it without reading the tensor, else None."""
+        return None
+
     def __contains__(self, key: object) -> bool:  # without reading the tensor
         return key in self.shard_of()
 
@@ -62,13 +66,14 @@ class SafetensorsDir(TensorSource):
     def __init__(self, directory: str):
         self.name = directory
         index = os.path.join(directory, "model.safetensors.index.json")
+        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}  # shard -> its header's shapes
         if os.path.exists(index):
-            where = _read_index(index)
-            self._order = sorted(set(where.values()))
-            self._keys = {s: [k for k, v in where.items() if v == s] for s in self._order}
+            self._keys = _keys_by_shard(_read_index(index))
+            self._order = sorted(self._keys)
         else:
             self._order = ["model.safetensors"]
-            self._keys = {"model.safetensors": list(self._open("model.safetensors").entries)}
+            self._shapes["model.safetensors"] = _shapes_of(self._open("model.safetensors"))
+            self._keys = {"model.safetensors": list(self._shapes["model.safetensors"])}
         self._where = {k: s for s, ks in self._keys.items() for k in ks}
         self.random_access = True
         self._files: dict[str, SafetensorsFile] = {}
@@ -94,6 +99,14 @@ class SafetensorsDir(TensorSource):
     def shard_of_key(self, key: str) -> str:
         return self._where[key]
 
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        shard = self._where.get(key)
+        if shard is None:
+            return None
+        if shard not in self._shapes:  # the header only: no tensor is read
+            self._shapes[shard] = _shapes_of(self._open(shard))
+        return self._shapes[shard].get(key)
+
     def release(self, shard: str) -> None:
         self._files.pop(shard, None)
 
@@ -105,13 +118,13 @@ class TorchBinDir(TensorSource):
         self.name = directory
         index = os.path.join(directory, "pytorch_model.bin.index.json")
         if os.path.exists(index):
-            where = _read_index(index)
-            self._order = sorted(set(where.values()))
-            self._declared = {s: [k for k, v in where.items() if v == s] for s in self._order}
+            self._declared = _keys_by_shard(_read_index(index))
+            self._order = sorted(self._declared)
         else:
             self._order = ["pytorch_model.bin"]
             self._declared = None
         self._loaded: dict[str, Mapping[str, Any]] = {}
+        self._where: dict[str, str] | None = None
 
     def _load(self, shard: str) -> Mapping[str, Any]:
         if shard not in self._loaded:
@@ -124,15 +137,15 @@ class TorchBinDir(TensorSource):
         return [(s, self._declared[s]) for s in self._order]
 
     def read(self, key: str) -> np.ndarray:
-        for shard, keys in self.shards():
-            if key in keys:
-                sd = self._load(shard)
-                if key not in sd:
-                    raise CheckpointError(
-                        f"{self.name}/{shard}: the index says it holds {key!r} but it does not"
-                    )
-                return torch_to_numpy(sd[key], f"{self.name}/{shard}:{key}")
-        raise KeyError(key)
+        if self._where is None:  # built once: a scan per read made reading quadratic
+            self._where = {k: s for s, ks in self.shards() for k in ks}
+        shard = self._where[key]
+        sd = self._load(shard)
+        if key not in sd:
+            raise CheckpointError(
+                f"{self.name}/{shard}: the index says it holds {key!r} but it does not"
+            )
+        return torch_to_numpy(sd[key], f"{self.name}/{shard}:{key}")
 
     def release(self, shard: str) -> None:
         self._loaded.pop(shard, None)
@@ -150,6 +163,10 @@ class MappingSource(TensorSource):
 
     def read(self, key: str) -> np.ndarray:
         return torch_to_numpy(self._m[key], f"{self.name}:{key}")
+
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        shape = getattr(self._m.get(key), "shape", None)
+        return None if shape is None else tuple(int(d) for d in shape)
 
 
 class RenamedSource(TensorSource):
@@ -174,6 +191,9 @@ class RenamedSource(TensorSource):
 
     def read(self, key: str) -> np.ndarray:
         return self.base.read(self._to_base[key])
+
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        return self.base.shape(self._to_base[key]) if key in self._to_base else None
 
     def release(self, shard: str) -> None:
         self.base.release(shard)
@@ -201,9 +221,34 @@ class ChainSource(TensorSource):
     def read(self, key: str) -> np.ndarray:
         return self._owner[key].read(key)
 
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        return self._owner[key].shape(key) if key in self._owner else None
+
     def release(self, shard: str) -> None:
         i, sh = shard.split(":", 1)
         self.sources[int(i)].release(sh)
+
+
+def _plain_name(name: Any) -> bool:
+    """A file name inside the directory: no separators, not ``.``/``..``."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and (os.sep not in name)
+    )
+
+
+def _keys_by_shard(where: Mapping[str, str]) -> dict[str, list[str]]:
+    """An index's ``{tensor: shard}`` → ``{shard: [tensors]}`` (index order kept)."""
+    out: dict[str, list[str]] = {}
+    for key, shard in where.items():
+        out.setdefault(shard, []).append(key)
+    return out
+
+
+def _shapes_of(f: SafetensorsFile) -> dict[str, tuple[int, ...]]:
+    return {k: f.shape(k) for k in f.entries}
 
 
 def open_hf_weights(directory: str) -> TensorSource:
@@ -236,16 +281,22 @@ def read_json(path: str) -> Any:
         raise CheckpointError(f"{path}: unreadable ({e})") from e
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    except RecursionError as e:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a config") from e
 
 
 def _read_index(path: str) -> dict[str, str]:
     try:
         with open(path) as f:
             where = json.load(f)["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a valid shard index ({e})") from e
-    if not isinstance(where, dict) or not all(isinstance(v, str) for v in where.values()):
-        raise CheckpointError(f"{path}: weight_map must map tensor names to shard file names")
+    except RecursionError as e:
+        raise CheckpointError(f"{path}: not a valid shard index (JSON nested too deeply)") from e
+    if not isinstance(where, dict) or not all(_plain_name(v) for v in where.values()):
+        raise CheckpointError(
+            f"{path}: weight_map must map tensor names to shard file names in its directory"
+        )
     return where
 
 
@@ -264,6 +315,17 @@ def load_torch_pickle(path: str) -> Mapping[str, Any]:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     is_zip = zipfile.is_zipfile(path)
+    if not is_zip:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        # torch.save writes a zip archive, or (legacy format) a pickle, whose first byte is the
+        # PROTO opcode; anything else (a text file, HTML, JSON) is not a checkpoint at all. A
+        # cut zip archive fails is_zipfile but is a damaged checkpoint, reported below as such.
+        if head[:1] != pickle.PROTO and not head.startswith(b"PK\x03\x04"):
+            raise CheckpointError(
+                f"{path}: not a torch checkpoint (neither a zip archive nor a pickle; it starts "
+                f"with {head!r})"
+            )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
@@ -272,9 +334,10 @@ def load_torch_pickle(path: str) -> Mapping[str, Any]:
             f"{path}: refused to unpickle: the file needs code execution beyond plain tensors and "
             f"containers, and pickles are only loaded with torch.load(weights_only=True) ({first})"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # noqa: BLE001 - a damaged pickle fails in torch with any type
         raise CheckpointError(
-            f"{path}: cannot read the torch checkpoint: truncated or corrupt ({e})"
+            f"{path}: cannot read the torch checkpoint: truncated or corrupt "
+            f"({type(e).__name__}: {e})"
         ) from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")

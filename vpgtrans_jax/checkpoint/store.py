@@ -1,4 +1,5 @@
-"""Orbax storage of parameter groups, and the temporary-directory-then-rename output discipline.
+"""Orbax storage of parameter groups; the write-then-rename output discipline is
+``vpgtrans_jax.outputs.atomic_output`` (re-exported here for the checkpoint writers).
 
 A part's parameters are written as one or more *groups*, each an Orbax checkpoint (standard
 handler, nested dict of arrays with string keys) under ``params/<part>/<NNN>``. Groups let a
@@ -7,12 +8,8 @@ converter write a large tower while holding only a bounded number of tensors.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
-import secrets
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -22,6 +19,7 @@ import orbax.checkpoint as ocp
 from vpgtrans_jax import paths
 from vpgtrans_jax.checkpoint.fill import dotted, nested
 from vpgtrans_jax.errors import CheckpointError
+from vpgtrans_jax.outputs import atomic_output
 
 DEFAULT_GROUP_BYTES = 128 * 2**20
 
@@ -138,67 +136,6 @@ def assemble_pieces(
     if pending:
         missing = {k: sorted(set(range(counts[k])) - set(v)) for k, v in pending.items()}
         raise CheckpointError(f"{where}: tensors with missing pieces {missing}")
-
-
-@contextlib.contextmanager
-def atomic_output(out: str, *, overwrite: bool = False, is_dir: bool = True) -> Iterator[str]:
-    """Yields a temporary path beside ``out``; on success renames it to ``out``, else deletes it.
-
-    An existing ``out`` is an error unless ``overwrite``; then it is replaced only after the new
-    output is complete. A URL (``gs://``) is written through ``paths.staged_output``: staged
-    locally, uploaded under an in-progress marker deleted last.
-    """
-    if paths.is_remote(out):
-        with paths.staged_output(out, overwrite=overwrite, is_dir=is_dir) as tmp:
-            yield tmp
-        return
-    out = os.path.abspath(out.rstrip("/"))
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite (--overwrite) to replace it")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    base = os.path.basename(out)
-    tmp = _new_temp(parent, f".{base}.tmp-", is_dir)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    if os.path.exists(out):
-        old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-        os.rename(out, os.path.join(old, base))
-        os.rename(tmp, out)
-        _remove(old)
-        return
-    try:
-        os.rename(tmp, out)
-    except OSError as e:  # another writer created ``out`` meanwhile
-        _remove(tmp)
-        raise FileExistsError(f"{out} appeared while it was being written") from e
-
-
-def _new_temp(parent: str, prefix: str, is_dir: bool) -> str:
-    """A new, uniquely named directory or empty file in ``parent`` with the permissions of any
-    new file (the umask applies). ``tempfile``'s are private (0700 / 0600), and the output keeps
-    the temporary's mode when it is renamed into place."""
-    for _ in range(100):
-        path = os.path.join(parent, prefix + secrets.token_hex(4))
-        try:
-            if is_dir:
-                os.mkdir(path)
-            else:
-                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name {prefix}* in {parent}")
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.exists(path):
-        os.remove(path)
 
 
 __all__ = [

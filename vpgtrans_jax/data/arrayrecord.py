@@ -22,8 +22,11 @@ from vpgtrans_jax import paths as path_lib
 from vpgtrans_jax.data.processors import MAX_IMAGE_PIXELS, load_image
 from vpgtrans_jax.data.webdataset import expand_shards
 from vpgtrans_jax.errors import BadDataError
+from vpgtrans_jax.outputs import Inputs, check_separate
 
 MAGIC = b"VPG1"
+# The names ``write_shards`` gives after its prefix: final shards and their temporaries.
+SHARD_SUFFIX = r"-\d{5}-of-\d{5}\.array_record|-\d{5}\.tmp"
 _HEADER = struct.Struct("<I")
 
 
@@ -118,6 +121,7 @@ def convert_source(
     verify: bool = False,
     max_bad_fraction: float = 0.05,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    inputs: Inputs | None = None,
 ) -> list[str]:
     """Copies every record of a data source into ArrayRecord shards (``scripts/prepare_data.py``).
 
@@ -125,7 +129,11 @@ def convert_source(
     not decode, or is larger than ``max_image_pixels`` (refused from its header, never decoded),
     is skipped and counted; more than ``max_bad_fraction`` of them is a ``BadDataError`` (after
     writing what was good). Returns the shard paths.
+
+    ``inputs`` (flag → path, paths or glob) are the files the source reads: a shard the output
+    would write (``<out_prefix>-NNNNN-of-NNNNN.array_record``) may not be one of them.
     """
+    check_separate(out_prefix, inputs or {}, out_label="--out_prefix", family=SHARD_SUFFIX)
     stats = {"bad": 0, "written": 0}
 
     def records():

@@ -42,6 +42,7 @@ from vpgtrans_jax.errors import BadDataError, ConfigError
 from vpgtrans_jax.eval.scoring import format_table, score_files
 from vpgtrans_jax.generation import decode_outputs, end_token_ids, generate
 from vpgtrans_jax.generation.text import text_end
+from vpgtrans_jax.outputs import check_separate
 
 CAPTION_TASKS = ("coco_caption", "nocaps")
 VQA_TASKS = ("vqav2", "okvqa")
@@ -370,6 +371,16 @@ def check_config(cfg: Any) -> None:
         raise ConfigError(f"config.max_bad_fraction={f!r}: expected a number in [0, 1)")
 
 
+def check_outputs(cfg: Any, workdir: str) -> None:
+    """No file ``evaluate`` writes in ``workdir`` may be one of the config's input files."""
+    d = cfg.data
+    inputs = {f"--config.data.{k}": d.get(k) or None for k in ("annotations", "answers", "gt")}
+    pid, nproc = jax.process_index(), jax.process_count()
+    for name in (f"predictions_{cfg.task}.json", f"metrics_{cfg.task}.json"):
+        check_separate(paths.join(workdir, name), inputs, out_label="the output")
+    check_separate(share_path(workdir, cfg.task, pid, nproc), inputs, out_label="the output")
+
+
 def evaluate(cfg: Any, workdir: str) -> dict | None:
     """Runs generation (this process's share), merges on process 0, scores; returns metrics.
 
@@ -378,6 +389,7 @@ def evaluate(cfg: Any, workdir: str) -> dict | None:
     check_config(cfg)
     sharding.maybe_initialize_distributed()
     workdir = paths.abspath(workdir)
+    check_outputs(cfg, workdir)
     paths.makedirs(workdir)
     source = make_source(cfg)
     total = len(source) if cfg.limit <= 0 else min(cfg.limit, len(source))

@@ -17,6 +17,7 @@ from vpgtrans_jax.eval.answer_normalization import lemmatize_answers
 from vpgtrans_jax.eval.caption_metric import CAPTION_METRICS, score_captions
 from vpgtrans_jax.eval.gqa_metric import evaluate_gqa
 from vpgtrans_jax.eval.vqa_metric import VQA_RULES, evaluate_vqa
+from vpgtrans_jax.outputs import atomic_output, check_replaceable, check_separate
 
 CAPTION_TASKS: tuple[str, ...] = ("coco_caption", "nocaps")
 VQA_TASKS: tuple[str, ...] = ("vqav2", "okvqa")
@@ -197,16 +198,24 @@ def score_to_file(
     **options: Any,
 ) -> dict[str, Any]:
     """``score_files``, the table printed on stdout and the metrics written to ``out`` (if any);
-    progress messages go to stderr. What ``scripts/score.py`` runs."""
+    progress messages go to stderr. What ``scripts/score.py`` runs.
+
+    ``out`` is refused, before scoring, when it is one of the inputs (resolved paths) or a
+    directory; an earlier metrics file there is replaced whole (written, then renamed).
+    """
     if spice_download and not spice:
         raise ValueError("--spice-download only makes sense together with --spice")
+    if out:
+        inputs = {"--predictions": predictions, "--annotations": annotations}
+        check_separate(out, {**inputs, "--questions": questions})
+        check_replaceable(os.fspath(out), overwrite=True, is_dir=False)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731 - keep stdout for the table
     metrics = score_files(task, predictions, annotations, questions, spice=spice,
                           spice_download=spice_download, log=log, **options)  # fmt: skip
     print(format_table(metrics))
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2)
+        with atomic_output(os.fspath(out), overwrite=True, is_dir=False) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(metrics, f, indent=2)
         print(f"wrote {out}", file=sys.stderr)
     return metrics

@@ -8,7 +8,6 @@ strings with the VPGTrans end-of-sequence convention (the token of ``"\\n"``; ``
 from vpgtrans_jax.generation.config import GenerationConfig
 from vpgtrans_jax.generation.decode import decode, generate, generate_with_config
 from vpgtrans_jax.generation.text import (
-    answer_about_image,
     decode_outputs,
     end_token_ids,
     generate_text,
@@ -16,7 +15,6 @@ from vpgtrans_jax.generation.text import (
 )
 
 __all__ = [
-    "answer_about_image",
     "GenerationConfig",
     "decode",
     "decode_outputs",

@@ -25,16 +25,20 @@ from vpgtrans_jax.nn.beam_cache import BeamKVCache
 from vpgtrans_jax.nn.kv_cache import KVCache
 
 
-def decode(
+def start(
     model: VLModel,
     pixel_values: jax.Array,
     input_ids: jax.Array,
     attention_mask: jax.Array,
-    key: jax.Array,
     cfg: GenerationConfig,
     image_offsets: jax.Array | None = None,
-) -> jax.Array:
-    """The traced body of ``generate`` (call it inside ``jit``); see ``generate`` for shapes."""
+) -> tuple[jax.Array, Any, jax.Array, jax.Array, jax.Array | None]:
+    """Prefills the prompt and lays out the rows every decoder (looped or streamed) steps from.
+
+    Returns (float32[N, V] logits after the prompt, the cache with room for
+    ``cfg.max_new_tokens``, int32[N, S] mask over its slots, int32[N] position of the first new
+    token, bool[N, V] prompt tokens or None without a repetition penalty); ``N = B * expand``.
+    """
     logits, cache, full_mask, positions = model.prefill(
         pixel_values, input_ids, attention_mask, cfg.max_new_tokens, image_offsets
     )
@@ -56,6 +60,22 @@ def decode(
         ids = jnp.repeat(input_ids, r, axis=0)
         valid = jnp.repeat(attention_mask, r, axis=0)
         prompt_seen = processors.token_presence(ids, valid, logits.shape[-1])
+    return logits, cache, full_mask, positions, prompt_seen
+
+
+def decode(
+    model: VLModel,
+    pixel_values: jax.Array,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    key: jax.Array,
+    cfg: GenerationConfig,
+    image_offsets: jax.Array | None = None,
+) -> jax.Array:
+    """The traced body of ``generate`` (call it inside ``jit``); see ``generate`` for shapes."""
+    logits, cache, full_mask, positions, prompt_seen = start(
+        model, pixel_values, input_ids, attention_mask, cfg, image_offsets
+    )
 
     def step_fn(tokens: jax.Array, cache: KVCache, i: jax.Array):
         return model.decode_step(tokens, cache, full_mask, positions + i)
@@ -184,6 +204,20 @@ def generate_with_config(
     image_offsets: Any = None,
 ) -> jax.Array:
     """``generate`` with a ready ``GenerationConfig``."""
+    arrays = checked_inputs(model, pixel_values, input_ids, attention_mask, cfg, image_offsets)
+    return _decode_jit(model, *arrays[:3], jax.random.key(seed), cfg=cfg, image_offsets=arrays[3])
+
+
+def checked_inputs(
+    model: VLModel,
+    pixel_values: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    cfg: GenerationConfig,
+    image_offsets: Any = None,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """Validates a generation request (shapes, left padding, ids in the vocabulary) and returns
+    (pixel_values, int32 input_ids, int32 attention_mask, int32 image_offsets or None)."""
     if attention_mask is None:
         attention_mask = jnp.ones(np.shape(input_ids), jnp.int32)
     _check_inputs(pixel_values, input_ids, attention_mask, image_offsets)
@@ -194,12 +228,9 @@ def generate_with_config(
     for name, value in (("eos_token_id", cfg.eos_token_ids), ("pad_token_id", (cfg.pad_token_id,))):
         if max(value) >= vocab:
             raise ValueError(f"{name}={list(value)} is outside the vocabulary (size {vocab})")
-    return _decode_jit(
-        model,
+    return (
         jnp.asarray(pixel_values),
         jnp.asarray(input_ids, jnp.int32),
         jnp.asarray(attention_mask, jnp.int32),
-        jax.random.key(seed),
-        cfg=cfg,
-        image_offsets=image_offsets,
+        image_offsets,
     )

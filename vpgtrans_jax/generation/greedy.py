@@ -23,7 +23,7 @@ def _seen(prompt_seen: jax.Array | None, tokens: jax.Array, step: jax.Array) -> 
     return prompt_seen | processors.token_presence(tokens, written, prompt_seen.shape[1])
 
 
-def _choose(
+def choose(
     logits: jax.Array,
     cfg: GenerationConfig,
     step: jax.Array,
@@ -31,6 +31,8 @@ def _choose(
     prompt_seen: jax.Array | None,
     key: jax.Array,
 ) -> jax.Array:
+    """int32[N]: new token number ``step`` of each row (arg-max, or a draw from
+    ``fold_in(key, step)`` when sampling), after the configured processors."""
     scores = processors.process(logits, cfg, step, _seen(prompt_seen, tokens, step))
     if cfg.do_sample:
         return jax.random.categorical(jax.random.fold_in(key, step), scores, axis=-1).astype(
@@ -63,7 +65,7 @@ def greedy_or_sample(
     eos = jnp.asarray(cfg.eos_token_ids, jnp.int32)
     tokens = jnp.full((n, m), cfg.pad_token_id, jnp.int32)
 
-    tok = _choose(first_logits, cfg, jnp.int32(0), tokens, prompt_seen, key)
+    tok = choose(first_logits, cfg, jnp.int32(0), tokens, prompt_seen, key)
     tokens = tokens.at[:, 0].set(tok)
     finished = jnp.isin(tok, eos)
 
@@ -74,7 +76,7 @@ def greedy_or_sample(
     def body(state):
         i, tokens, cache, finished = state
         logits, cache = step_fn(tokens[:, i - 1], cache, i - 1)
-        tok = _choose(logits, cfg, i, tokens, prompt_seen, key)
+        tok = choose(logits, cfg, i, tokens, prompt_seen, key)
         tok = jnp.where(finished, cfg.pad_token_id, tok)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], i, axis=1)
         return i + 1, tokens, cache, finished | jnp.isin(tok, eos)

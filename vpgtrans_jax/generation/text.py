@@ -149,25 +149,3 @@ def generate_text(
     )
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     return decode_outputs(tokenizer, tokens, eos, pad_token_id, text_end(end))
-
-
-def answer_about_image(
-    model: VLModel, tokenizer: Any, image: bytes, question: str, *, template: str,
-    end: str, num_beams: int, max_new_tokens: int, max_prompt_len: int,
-) -> str:
-    """One answer with the paper's settings: a question fills ``template`` (VQA: 1..10 tokens,
-    length penalty -1); an empty one asks for a caption (8..30 tokens, penalty 1), which a
-    template with ``<ImageHere>`` (a stage-3 chat model) words as an instruction."""
-    question = question.strip()
-    if not question and "<ImageHere>" in template:
-        prompt, caption = template.format("Describe this image in detail."), True
-    else:
-        prompt, caption = (template.format(question) if question else ""), not question
-    settings = (
-        dict(min_new_tokens=8, length_penalty=1.0) if caption
-        else dict(min_new_tokens=1, length_penalty=-1.0)
-    )  # fmt: skip
-    return generate_text(
-        model, tokenizer, [image], [prompt], num_beams=num_beams, max_new_tokens=max_new_tokens,
-        max_prompt_len=max_prompt_len, end=end, **settings,
-    )[0]  # fmt: skip

@@ -115,6 +115,8 @@ class LlamaConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str | None = None
+    # nn.attention implementation: einsum (reference), xla, cudnn, pallas or auto.
+    attention_impl: str = "einsum"
 
     def __post_init__(self):
         if self.num_kv_heads is None:
@@ -142,6 +144,7 @@ class LlamaConfig:
         )
         layers.activation(self.hidden_act)  # raises on an unknown name
         stack.checkpoint_policy(self.remat_policy)  # raises on an unknown policy
+        attention.check_implementation(self.attention_impl, "LlamaConfig.attention_impl")
         for name in ("dtype", "param_dtype"):
             try:
                 jnp.dtype(getattr(self, name))
@@ -260,10 +263,20 @@ class LlamaAttention(nnx.Module):
         v = sharding.constrain(v, sharding.HEADS)
         scale, dtype = cfg.head_dim**-0.5, jnp.dtype(cfg.dtype)
         if kv_cache is None:
-            out = attention.dot_product_attention(q, k, v, mask, scale=scale, dtype=dtype)
+            out = attention.dot_product_attention(
+                q, k, v, mask, scale=scale, dtype=dtype, implementation=cfg.attention_impl
+            )
         else:
             out, kv_cache = kv_cache_lib.cached_attention(
-                q, k, v, kv_cache, index, mask, scale=scale, dtype=dtype
+                q,
+                k,
+                v,
+                kv_cache,
+                index,
+                mask,
+                scale=scale,
+                dtype=dtype,
+                implementation=cfg.attention_impl,
             )
         return self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), kv_cache
 

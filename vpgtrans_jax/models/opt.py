@@ -53,6 +53,8 @@ class OPTConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str | None = None
+    # nn.attention implementation: einsum (reference), xla, cudnn, pallas or auto.
+    attention_impl: str = "einsum"
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_dim"):
@@ -83,6 +85,7 @@ class OPTConfig:
                     f"OPTConfig.{name}={getattr(self, name)!r} is not a dtype name"
                 ) from e
         stack.checkpoint_policy(self.remat_policy)  # raises on an unknown policy
+        attention.check_implementation(self.attention_impl, "OPTConfig.attention_impl")
 
     @property
     def input_embed_dim(self) -> int:
@@ -193,13 +196,14 @@ class OPTAttention(nnx.Module):
         q = sharding.constrain(q, sharding.HEADS)
         k = sharding.constrain(k, sharding.HEADS)
         v = sharding.constrain(v, sharding.HEADS)
+        impl = cfg.attention_impl
         if kv is None:
             out = attention.dot_product_attention(
-                q, k, v, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype)
+                q, k, v, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype), implementation=impl
             )
         else:
             out, kv = kv_cache.cached_attention(
-                q, k, v, kv, index, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype)
+                q, k, v, kv, index, mask, scale=1.0, dtype=jnp.dtype(cfg.dtype), implementation=impl
             )
         return self.out_proj(out.reshape(b, t, cfg.hidden_size)), kv
 

@@ -15,7 +15,7 @@ PARTS = ("vision", "ln_vision", "query_tokens", "qformer", "projector", "llm")
 VPG_PARTS = ("ln_vision", "query_tokens", "qformer", "projector")
 TOWERS = {"vision": ("vision",), "vpg": VPG_PARTS, "llm": ("llm",)}
 # Tower-config fields that change how a tower is computed or laid out, not what it holds.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl")
 
 
 def expand_parts(names: Iterable[str]) -> list[str]:

@@ -43,6 +43,8 @@ class QFormerConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str | None = None
+    # nn.attention implementation: einsum (reference), xla, cudnn, pallas or auto.
+    attention_impl: str = "einsum"
 
     def __post_init__(self):
         for name in ("hidden_size", "num_layers", "intermediate_size", "encoder_hidden_size"):
@@ -66,6 +68,7 @@ class QFormerConfig:
             )
         activation(self.hidden_act)  # raises on an unknown name
         stack.checkpoint_policy(self.remat_policy)  # raises on an unknown policy
+        attention.check_implementation(self.attention_impl, "QFormerConfig.attention_impl")
 
     @property
     def head_dim(self) -> int:
@@ -89,6 +92,7 @@ class QFormerAttention(nnx.Module):
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
         self.dtype = jnp.dtype(cfg.dtype)
+        self.attention_impl = cfg.attention_impl
         kw = dict(dtype=self.dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.query = Dense(d, d, axes=("embed", "heads"), **kw)
         self.key = Dense(kv_dim, d, axes=("embed", "kv_heads"), **kw)
@@ -108,7 +112,13 @@ class QFormerAttention(nnx.Module):
         v = self.value(kv).reshape(b, s, self.num_heads, self.head_dim)
         q, k, v = (sharding.constrain(a, sharding.HEADS) for a in (q, k, v))
         out = attention.dot_product_attention(
-            q, k, v, mask, scale=self.head_dim**-0.5, dtype=self.dtype
+            q,
+            k,
+            v,
+            mask,
+            scale=self.head_dim**-0.5,
+            dtype=self.dtype,
+            implementation=self.attention_impl,
         )
         return self.norm(x.astype(self.dtype) + self.dense(out.reshape(b, t, -1)))
 

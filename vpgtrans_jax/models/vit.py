@@ -45,6 +45,8 @@ class VisionConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str | None = None
+    # nn.attention implementation: einsum (reference), xla, cudnn, pallas or auto.
+    attention_impl: str = "einsum"
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "num_channels", "hidden_size", "num_layers"):
@@ -61,6 +63,7 @@ class VisionConfig:
             )
         activation(self.hidden_act)  # raises on an unknown name
         stack.checkpoint_policy(self.remat_policy)  # raises on an unknown policy
+        attention.check_implementation(self.attention_impl, "VisionConfig.attention_impl")
 
     @property
     def head_dim(self) -> int:
@@ -207,6 +210,7 @@ class ViTAttention(nnx.Module):
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
         self.dtype = jnp.dtype(cfg.dtype)
+        self.attention_impl = cfg.attention_impl
         kw = dict(dtype=self.dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.qkv = Dense(d, 3 * d, axes=("embed", "heads"), use_bias=False, **kw)
         zeros = nnx.initializers.zeros_init()
@@ -224,7 +228,13 @@ class ViTAttention(nnx.Module):
             v = v + self.v_bias[...].astype(self.dtype).reshape(shape)
         q, k, v = (sharding.constrain(a, sharding.HEADS) for a in (q, k, v))
         out = attention.dot_product_attention(
-            q, k, v, None, scale=self.head_dim**-0.5, dtype=self.dtype
+            q,
+            k,
+            v,
+            None,
+            scale=self.head_dim**-0.5,
+            dtype=self.dtype,
+            implementation=self.attention_impl,
         )
         return self.proj(einops.rearrange(out, "b t h d -> b t (h d)"))
 

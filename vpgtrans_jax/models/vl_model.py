@@ -23,8 +23,9 @@ from vpgtrans_jax.models.registry import LLMConfig
 from vpgtrans_jax.models.vit import VisionConfig, VisionTransformer
 from vpgtrans_jax.nn import layers
 from vpgtrans_jax.nn.kv_cache import KVCache
+from vpgtrans_jax.nn.loss import IGNORE_INDEX, chunked_cross_entropy, cross_entropy
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "VLConfig", "VLModel", "as_int32", "cross_entropy"]
 
 
 def as_int32(x: Any) -> Any:
@@ -138,7 +139,8 @@ class VLModel(nnx.Module):
 
     def image_features(self, pixel_values: jax.Array) -> jax.Array:
         """float[B, H, W, 3] → ln_vision(ViT(x)): float[B, 1 + N, Dv]."""
-        feats = self.vision(pixel_values)
+        with jax.named_scope("vision"):  # tower scopes name the ops in HLO (precision tests)
+            feats = self.vision(pixel_values)
         return self.ln_vision(feats)
 
     def soft_prompt(self, pixel_values: jax.Array) -> jax.Array:
@@ -221,7 +223,8 @@ class VLModel(nnx.Module):
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         attention_mask, image_offsets = as_int32(attention_mask), as_int32(image_offsets)
         embeds, mask = self.prompt_embeds(pixel_values, input_ids, attention_mask, image_offsets)
-        hidden, _ = self.llm.hidden_states(embeds, mask)
+        with jax.named_scope("llm"):
+            hidden, _ = self.llm.hidden_states(embeds, mask)
         return hidden
 
     # -- public API ----------------------------------------------------------------------------
@@ -314,6 +317,8 @@ class VLModel(nnx.Module):
         labels: jax.Array,
         prompt_lengths: jax.Array | None = None,
         image_offsets: jax.Array | None = None,
+        *,
+        logits_chunk: int = 0,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Mean next-token cross-entropy over the text tokens (LAVIS semantics).
 
@@ -326,6 +331,9 @@ class VLModel(nnx.Module):
           prompt_lengths: optional int[B]; the first ``prompt_lengths[b]`` text tokens are also
             ignored (a text prompt prefix such as "a photo of").
           image_offsets: optional int[B]; soft prompt after that many text tokens (stage 3).
+          logits_chunk: > 0 computes the loss that many text positions at a time
+            (``nn.loss.chunked_cross_entropy``), so the float32 [B, T, V] logits never exist;
+            0 computes them whole. Same loss and gradients up to float32 rounding.
 
         Returns:
           (scalar loss, {"num_tokens": int32 scalar, "nll_sum": float32 scalar}).
@@ -336,26 +344,15 @@ class VLModel(nnx.Module):
         q = self.config.num_query_tokens
         b, t = input_ids.shape
         if image_offsets is None:
-            logits = self.llm.logits(hidden[:, q - 1 : q + t - 1])
+            predicting = hidden[:, q - 1 : q + t - 1]
         else:
             src = self.text_positions(t, image_offsets, b) - 1  # predicting position
             labels = jnp.where(src >= 0, labels, IGNORE_INDEX)
-            gathered = jnp.take_along_axis(hidden, jnp.maximum(src, 0)[..., None], axis=1)
-            logits = self.llm.logits(gathered)
+            predicting = jnp.take_along_axis(hidden, jnp.maximum(src, 0)[..., None], axis=1)
         if prompt_lengths is not None:
             keep = jnp.arange(t)[None, :] >= prompt_lengths[:, None]
             labels = jnp.where(keep, labels, IGNORE_INDEX)
-        return cross_entropy(logits, labels)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean cross-entropy of float[B, T, V] logits vs int[B, T] labels (-100 ignored), in fp32."""
-    logits = sharding.constrain(logits, sharding.LOGITS)
-    valid = labels != IGNORE_INDEX
-    safe = jnp.where(valid, labels, 0)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-    nll = jnp.where(valid, nll, 0.0)
-    n = valid.sum().astype(jnp.int32)
-    total = nll.sum()
-    return total / jnp.maximum(n, 1), {"num_tokens": n, "nll_sum": total}
+        with jax.named_scope("llm"):
+            if logits_chunk > 0:
+                return chunked_cross_entropy(predicting, labels, self.llm.logits, logits_chunk)
+            return cross_entropy(self.llm.logits(predicting), labels)

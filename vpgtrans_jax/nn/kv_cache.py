@@ -171,6 +171,7 @@ def cached_attention(
     *,
     scale: float,
     dtype: jnp.dtype | type,
+    implementation: str = "einsum",
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Writes the new keys/values into one layer's cache and attends over it.
 
@@ -179,6 +180,7 @@ def cached_attention(
       kv: the layer's (k, v) cache, each float[N, K, S, D].
       index: int32 scalar slot of the first new token.
       mask: ``KVCache.attention_mask`` for these queries.
+      implementation: ``attention.dot_product_attention``'s (the beam layout has its own math).
 
     Returns:
       (float[N, T, H, D] attention output, the updated (k, v) layer cache).
@@ -189,6 +191,13 @@ def cached_attention(
         return kv.attend(q, k, v, index, mask, scale=scale, dtype=dtype)
     k_cache, v_cache = update_layer_cache(kv[0], kv[1], k, v, index)
     out = dot_product_attention(
-        q, k_cache, v_cache, mask, scale=scale, dtype=dtype, kv_layout="bksd"
+        q,
+        k_cache,
+        v_cache,
+        mask,
+        scale=scale,
+        dtype=dtype,
+        kv_layout="bksd",
+        implementation=implementation,
     )
     return out, (k_cache, v_cache)

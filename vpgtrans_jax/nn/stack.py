@@ -18,6 +18,8 @@ from typing import Any
 import jax
 from flax import nnx
 
+from vpgtrans_jax.nn.layers import is_abstract
+
 Body = Callable[[nnx.Module, Any, Any], tuple[Any, Any]]
 
 
@@ -41,10 +43,18 @@ def build_layers(
     """Creates ``num_layers`` blocks with ``factory(rngs)``, stacked when ``scan`` is set."""
     if not scan:
         return nnx.List([factory(rngs) for _ in range(num_layers)])
+    if is_abstract():  # shapes only: one block's, with the leading layer axis
+        graphdef, state = nnx.split(factory(rngs))
+        state = jax.tree.map(lambda s: jax.ShapeDtypeStruct((num_layers, *s.shape), s.dtype), state)
+        return _tag_layer_axis(nnx.merge(graphdef, state))
     keys = jax.random.split(rngs.params(), num_layers)
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: factory(nnx.Rngs(params=0))))
     state = jax.vmap(lambda k: nnx.state(factory(nnx.Rngs(params=k))))(keys)
-    stacked = nnx.merge(graphdef, state)
+    return _tag_layer_axis(nnx.merge(graphdef, state))
+
+
+def _tag_layer_axis(stacked: nnx.Module) -> nnx.Module:
+    """Prefixes every parameter's logical axes with ``"layers"`` (the stacked axis)."""
     for _, var in nnx.iter_graph(stacked):
         if isinstance(var, nnx.Variable):
             axes = var.get_metadata().get("axes")

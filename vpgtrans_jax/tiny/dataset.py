@@ -13,9 +13,10 @@ Layout under ``out``::
     webdataset/train-{k:05d}.tar                      key.jpg + key.txt + key.json
     tokenizer/                                        tiny byte-level BPE PreTrainedTokenizerFast
     manifest.json                                     arguments and counts
+    .vpgtrans_output.json                             marks an output of ours (``outputs``)
 
 ``generate`` writes into a temporary directory beside ``out`` and renames it into place when
-complete (``checkpoint.store.atomic_output``), so ``out`` never mixes files of two runs (stale
+complete (``vpgtrans_jax.outputs.atomic_output``), so ``out`` never mixes files of two runs (stale
 WebDataset shards beside new ones): an existing ``out`` must be empty or a dataset written here
 before (``manifest.json`` and only the entries above), which is then replaced whole; anything
 else is refused.
@@ -31,13 +32,15 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from vpgtrans_jax.checkpoint.store import atomic_output
 from vpgtrans_jax.errors import DataError
+from vpgtrans_jax.outputs import MARKER, atomic_output
 from vpgtrans_jax.tiny import scenes as synthetic
 from vpgtrans_jax.tiny.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 SPLITS = ("train", "val", "test")
-ENTRIES = ("images", "annotations", "cc_sbu_align", "webdataset", "tokenizer", "manifest.json")
+ENTRIES = (
+    "images", "annotations", "cc_sbu_align", "webdataset", "tokenizer", "manifest.json", MARKER,
+)  # fmt: skip
 MIN_IMAGE_SIZE = 16
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet and the special tokens
 # Prompt pieces the training and eval code feed the LLM; in the tokenizer corpus so they
@@ -112,11 +115,19 @@ def generate(
             raise ValueError(f"{name} must be in [0, 1), got {value}")
     sizes = _split_sizes(num_images, val_fraction, test_fraction)
     _check_target(out)
-    with atomic_output(out, overwrite=True) as tmp:
+    made_by = "scripts/make_synthetic_data.py"
+    with atomic_output(out, overwrite=True, kind="synthetic dataset", created_by=made_by,
+                       also_ours=_is_dataset) as tmp:  # fmt: skip
         return _generate(
             tmp, sizes, seed, image_size, max_objects, questions_per_image, shard_size,
             vocab_size if write_tokenizer else None,
         )  # fmt: skip
+
+
+def _is_dataset(path: str) -> bool:
+    """``path`` holds an earlier dataset of ours (``manifest.json`` and only our entries)."""
+    entries = set(os.listdir(path))
+    return "manifest.json" in entries and entries <= set(ENTRIES)
 
 
 def _check_target(out: str) -> None:
@@ -126,9 +137,9 @@ def _check_target(out: str) -> None:
     if not os.path.isdir(out):
         raise DataError(f"output directory {out} is a file")
     entries = sorted(os.listdir(out))
-    ours = "manifest.json" in entries and set(entries) <= set(ENTRIES)
-    if entries and not ours:
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    if entries and not _is_dataset(out):
+        foreign = [e for e in entries if e not in ENTRIES] or entries  # what is not ours first
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise DataError(
             f"output directory {out} is not empty and not a synthetic dataset written here "
             f"(it holds {shown}); choose an empty or new directory"

@@ -30,16 +30,20 @@ from vpgtrans_jax.models.decoder import CausalLM
 from vpgtrans_jax.models.parts import RUNTIME_FIELDS
 from vpgtrans_jax.models.registry import LLMConfig
 from vpgtrans_jax.models.vl_model import VLModel, cross_entropy
+from vpgtrans_jax.tiny.chat_corpus import chat_texts
 from vpgtrans_jax.train.builder import random_model_config
 
 log = logging.getLogger(__name__)
 
 
-def cache_dir(root: str, cfg: LLMConfig, steps: int, seed: int) -> str:
-    """Where the tiny LLM of this architecture / schedule is cached under ``root``."""
+def cache_dir(root: str, cfg: LLMConfig, steps: int, seed: int, corpus: str = "captions") -> str:
+    """Where the tiny LLM of this architecture / schedule / corpus is cached under ``root``."""
     arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
+    facts = {"arch": arch, "type": type(cfg).__name__, "steps": steps, "seed": seed}
+    if corpus != "captions":  # the captions-only LLMs keep the key they were cached under
+        facts["corpus"] = corpus
     key = json.dumps(
-        {"arch": arch, "type": type(cfg).__name__, "steps": steps, "seed": seed},
+        facts,
         sort_keys=True,
         default=str,
     )
@@ -90,12 +94,17 @@ def ensure_tiny_llm(c: ml_collections.ConfigDict, synthetic_dir: str, tokenizer_
     on first use); returns its model directory, for ``config.model.llm_init``."""
     model = VLModel(random_model_config(c), rngs=nnx.Rngs(params=jax.random.key(c.seed)))
     steps = c.model.tiny_llm_steps
-    out = cache_dir(synthetic_dir, model.config.llm, steps, c.seed)
+    corpus = c.model.tiny_llm_corpus
+    out = cache_dir(synthetic_dir, model.config.llm, steps, c.seed, corpus)
     if model_dir.is_model_dir(out):
         return out
     with open(os.path.join(synthetic_dir, "annotations", "caption_train.json")) as f:
-        captions = [e["caption"] for e in json.load(f)]
-    loss = pretrain_llm(model.llm, captions, tokenizer_dir, steps=steps, seed=c.seed)
+        texts = [e["caption"] for e in json.load(f)]
+    max_len = 32
+    if corpus == "chat":  # conversations are longer: as long as the chat's context allows
+        texts += chat_texts(synthetic_dir, c.seed)
+        max_len = min(128, c.model.arch.llm.get("max_position_embeddings", 128))
+    loss = pretrain_llm(model.llm, texts, tokenizer_dir, steps=steps, seed=c.seed, max_len=max_len)
     log.info("pretrained the tiny LLM for %d steps (final LM loss %.3f)", steps, loss)
     flat = {f"llm.{k}": v for k, v in flat_params(model.llm).items()}
 
@@ -106,7 +115,8 @@ def ensure_tiny_llm(c: ml_collections.ConfigDict, synthetic_dir: str, tokenizer_
     try:
         model_dir.write_model_dir(
             out, model_dir.ModelSpec.llm_only(model.config.llm), write,
-            info={"kind": "tiny pretrained LLM", "steps": steps, "final_loss": loss},
+            info={"kind": "tiny pretrained LLM", "steps": steps, "corpus": corpus,
+                  "final_loss": loss},
             created_by="vpgtrans_jax.tiny.llm",
         )  # fmt: skip
     except FileExistsError:

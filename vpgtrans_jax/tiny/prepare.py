@@ -17,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from vpgtrans_jax.tiny import dataset
+from vpgtrans_jax.tiny import chat_corpus, dataset
 from vpgtrans_jax.tiny.llm import ensure_tiny_llm
 from vpgtrans_jax.train.config_base import SYNTHETIC_PLACEHOLDER, validate
 
@@ -62,6 +62,8 @@ def prepare(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for spec in c.data.sources.values():
         for arg, value in spec["args"].items():
             spec["args"][arg] = substitute(value, synthetic)
+            if value == f"{SYNTHETIC_PLACEHOLDER}/{chat_corpus.DIRNAME}":
+                chat_corpus.ensure_chat_align(synthetic)  # derived from the dataset, cached
     if c.model.init == "random" and c.model.tiny_llm_steps > 0 and not c.model.llm_init:
         c.model.llm_init = ensure_tiny_llm(c, synthetic, c.data.tokenizer)
     return c

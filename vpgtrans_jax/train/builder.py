@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from vpgtrans_jax import sharding
 from vpgtrans_jax.checkpoint import model_dir
-from vpgtrans_jax.checkpoint.fill import fill_abstract
+from vpgtrans_jax.checkpoint.fill import abstract, expected_params, fill_abstract
 from vpgtrans_jax.checkpoint.load import load
 from vpgtrans_jax.models import registry
 from vpgtrans_jax.models.parts import VPG_PARTS
@@ -75,8 +75,8 @@ def random_vpg(cfg: VLConfig, seed: int) -> dict[str, np.ndarray]:
             ".".join(map(str, path)): v.get_value() for path, v in flat if str(path[0]) in VPG_PARTS
         }
 
-    shapes = jax.eval_shape(lambda: nnx.state(VLModel(cfg, rngs=nnx.Rngs(params=0)), nnx.Param))
-    size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    shapes = expected_params(abstract(lambda: VLModel(cfg, rngs=nnx.Rngs(params=0))))
+    size = sum(int(np.prod(shape)) for shape, _ in shapes.values())
     out = init() if size < _EAGER_INIT_PARAMS else jax.jit(init)()
     return {k: np.asarray(v) for k, v in out.items()}
 

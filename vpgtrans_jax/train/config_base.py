@@ -20,6 +20,7 @@ from vpgtrans_jax.models.opt import OPTConfig
 from vpgtrans_jax.models.parts import PARTS, RUNTIME_FIELDS
 from vpgtrans_jax.models.qformer import QFormerConfig
 from vpgtrans_jax.models.vit import VisionConfig
+from vpgtrans_jax.nn.attention import IMPLEMENTATIONS
 
 KNOBS = RUNTIME_FIELDS
 STAGES = ("warmup", "finetune", "instruct")
@@ -47,10 +48,17 @@ def tower_knobs(
     param_dtype: str = "float32",
     scan_layers: bool = False,
     remat_policy: str = "none",
+    attention_impl: str = "auto",
 ) -> ml_collections.ConfigDict:
+    """A tower's run knobs. ``attention_impl="auto"`` picks the fused kernel of the platform
+    (cuDNN on GPU, Pallas on TPU) and the einsum path on CPU (``nn.attention``)."""
     return ml_collections.ConfigDict(
         dict(
-            dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat_policy=remat_policy
+            dtype=dtype,
+            param_dtype=param_dtype,
+            scan_layers=scan_layers,
+            remat_policy=remat_policy,
+            attention_impl=attention_impl,
         )
     )
 
@@ -77,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
     # on the synthetic captions for this many steps (cached) and sets llm_init to it, so that the
     # frozen LLM is a language model, as in real runs.
     c.model.tiny_llm_steps = 0
+    # What that tiny LLM reads: "captions", or "chat" (the captions and the synthetic
+    # instruction conversations in the vicuna_v0 chat format, for the tiny stage-3 chat model).
+    c.model.tiny_llm_corpus = "captions"
     c.model.arch = ml_collections.ConfigDict(
         dict(
             vision=arch_dict(VisionConfig),
@@ -129,6 +140,9 @@ def base_config() -> ml_collections.ConfigDict:
     # ---- optimisation -----------------------------------------------------------------------
     c.batch_size = 1728  # global (all hosts, all micro-batches)
     c.accum_steps = 1
+    # The loss runs over this many text positions at a time (nn.loss.chunked_cross_entropy), so
+    # the float32 [B, T, vocab] logits never exist; 0 = all at once. Same loss up to rounding.
+    c.loss_chunk = 8
     c.num_steps = 0  # > 0 wins over num_epochs
     c.num_epochs = 1.0
     c.optim = ml_collections.ConfigDict()
@@ -162,6 +176,10 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0: also export the model every this many epochs to <workdir>/exports/epoch_<k> (k = epochs
     # done), so that each epoch can be evaluated (the transfer's speed-up curves).
     c.export_every_epochs = 0
+    # The chat template the exported model answers in (vpgtrans_jax.chat.conversation's names),
+    # recorded in the export's manifest (info.chat_template) so the chat picks it; "" = none
+    # (stage-1/2 models: the chat uses BLIP-2's "Question: {} Answer:").
+    c.chat_template = ""
     return c
 
 
@@ -171,6 +189,7 @@ _NUMBERS: tuple[tuple[str, type, float | None, float | None, bool, bool], ...] =
     ("seed", int, 0, None, False, False),
     ("batch_size", int, 1, None, False, False),
     ("accum_steps", int, 1, None, False, False),
+    ("loss_chunk", int, 0, None, False, False),
     ("num_steps", int, 0, None, False, False),
     ("num_epochs", float, 0, None, False, False),
     ("max_bad_steps", int, 1, None, False, False),
@@ -247,6 +266,13 @@ def validate(c: ml_collections.ConfigDict, *, prepared: bool = True) -> None:
         bad("force_new_run", f"must be True or False, got {c.force_new_run!r}")
     if c.stage not in STAGES:
         bad("stage", f"must be one of {STAGES}, got {c.stage!r}")
+    if c.model.tiny_llm_corpus not in ("captions", "chat"):
+        bad(
+            "model.tiny_llm_corpus",
+            f"must be 'captions' or 'chat', got {c.model.tiny_llm_corpus!r}",
+        )
+    if not isinstance(c.chat_template, str):
+        bad("chat_template", f"must be a template name or '', got {c.chat_template!r}")
     if c.model.init not in ("pretrained", "random"):
         bad("model.init", f"must be 'pretrained' or 'random', got {c.model.init!r}")
     if c.model.init == "pretrained" and c.model.path in ("", REQUIRED):
@@ -280,6 +306,10 @@ def validate(c: ml_collections.ConfigDict, *, prepared: bool = True) -> None:
         bad(
             "data.instructions", f"must be a list of non-empty strings, got {c.data.instructions!r}"
         )
+    for tower in ("vision", "qformer", "llm"):
+        impl = c.model[tower].attention_impl
+        if impl not in IMPLEMENTATIONS:
+            bad(f"model.{tower}.attention_impl", f"must be one of {IMPLEMENTATIONS}, got {impl!r}")
     unknown = sorted(set(c.trainable) - set(PARTS))
     if unknown or not c.trainable:
         bad("trainable", f"must be a non-empty subset of {PARTS}, got {c.trainable}")

@@ -8,13 +8,28 @@ whole model; ``train.builder.apply_vpg_init`` takes its VPG parts.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
 from flax import nnx
 
 from vpgtrans_jax.checkpoint.model_dir import save_model_dir
 from vpgtrans_jax.models.parts import VPG_PARTS
+
+
+def export_info(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What an export records about its stage for later users (the manifest's ``info``):
+    ``stage``, ``tokenizer`` (the LLM's tokenizer directory, as an absolute path when local) and,
+    for chat models, ``chat_template`` (``config.chat_template``)."""
+    tok = str(c.data.tokenizer)
+    if "://" not in tok:
+        tok = os.path.abspath(os.path.expanduser(tok))
+    info: dict[str, Any] = {"stage": c.stage, "tokenizer": tok}
+    if c.chat_template:
+        info["chat_template"] = c.chat_template
+    return info
 
 
 def export_model_dir(

@@ -24,7 +24,7 @@ from vpgtrans_jax.train import workdir as workdir_lib
 from vpgtrans_jax.train.builder import build_model, rules_of
 from vpgtrans_jax.train.config_base import check_warmup, validate
 from vpgtrans_jax.train.data_setup import build_sources, build_train_iterator
-from vpgtrans_jax.train.export import export_model_dir
+from vpgtrans_jax.train.export import export_info, export_model_dir
 from vpgtrans_jax.train.metrics_writer import MetricsLogger
 from vpgtrans_jax.train.step import BATCH_KEYS, TrainState, jit_train_step, make_train_step
 
@@ -191,7 +191,11 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
         log.info("resumed from step %d in %s", start_step, ckpt.directory)
 
     step_fn = jit_train_step(
-        make_train_step(graphdef, tx, accum_steps=c.accum_steps), mesh, state_sh, frozen_sh, rules
+        make_train_step(graphdef, tx, accum_steps=c.accum_steps, loss_chunk=c.loss_chunk),
+        mesh,
+        state_sh,
+        frozen_sh,
+        rules,
     )
     meta = {"config": config_json(c), "model_source": model_source}
     logger = MetricsLogger(workdir, enabled=is_main)
@@ -241,7 +245,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
                     pretrained_path=model_source.get("path"),
                     created_by=f"scripts/train.py (stage {c.stage}, epoch {epoch_ends[step]}, "
                     f"step {step})",
-                    info={"epoch": epoch_ends[step], "step": step},
+                    info={"epoch": epoch_ends[step], "step": step, **export_info(c)},
                 )
             stop_signal = _agreed_stop(stop.signal, n_proc)
             if step % c.log_every == 0 or step == steps or stop_signal:
@@ -286,6 +290,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
             paths.join(workdir, "export"),
             pretrained_path=model_source.get("path"),
             created_by=f"scripts/train.py (stage {c.stage}, step {step})",
+            info=export_info(c),
         )
     summary = {
         "stage": c.stage,

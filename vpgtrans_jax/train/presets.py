@@ -187,4 +187,5 @@ def instruct_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.instructions = INSTRUCTIONS
     c.data.text_processor = "none"
     c.data.end = "###"
+    c.chat_template = "vicuna_v0"  # the same prompt, as the chat renders it
     return c

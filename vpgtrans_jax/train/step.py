@@ -79,8 +79,12 @@ def make_train_step(
     tx: optax.GradientTransformation,
     *,
     accum_steps: int = 1,
+    loss_chunk: int = 0,
 ) -> Callable[[TrainState, nnx.State, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``step(state, frozen, batch) -> (state, metrics)`` (not yet jitted).
+
+    ``loss_chunk`` > 0 computes the loss that many text positions at a time (``VLModel.loss``'s
+    ``logits_chunk``): the float32 [B, T, vocab] logits never exist.
 
     The loss is the token-weighted mean cross-entropy over the whole global batch: each
     micro-batch contributes its summed NLL, divided once by the total number of text tokens, so
@@ -98,6 +102,8 @@ def make_train_step(
             )
             if key in micro
         }
+        if loss_chunk:
+            extra["logits_chunk"] = loss_chunk
         _, aux = model.loss(
             micro["pixel_values"],
             micro["input_ids"],

@@ -62,12 +62,20 @@ HARMLESS = (
     "max_bad_steps",  # when a streak of skipped steps stops the run; no update changes
     "data.max_bad_fraction",  # when bad data stops the run; bad samples are skipped either way
     "force_new_run",  # the switch itself
+    "chat_template",  # what the export records for the chat, not what is trained
     "mesh_shape",  # layout only: equal results up to float rounding (a resume on another slice)
     "sharding_rules",
     "model.vision.remat_policy",  # memory/compute trade-off, same values
     "model.qformer.remat_policy",
     "model.llm.remat_policy",
+    "model.vision.attention_impl",  # which kernel computes attention; same values up to rounding
+    "model.qformer.attention_impl",
+    "model.llm.attention_impl",
+    "loss_chunk",  # how the same loss is summed (chunks of positions); equal up to rounding
 )
+# Fields added after workdirs were first recorded: one missing from an earlier record had this
+# value (what the code did then), so a rerun with it resumes.
+ADDED_FIELDS = {"model.tiny_llm_corpus": "captions"}
 _MAX_SHOWN = 6
 # Object-store locks: the holder refreshes its lock this often; one not refreshed for STALE_S is
 # a dead run's (its VM was killed before it could delete the lock).
@@ -288,6 +296,7 @@ def check_config(
         recorded = recorded_in_checkpoints()
         recorded = flat_config(recorded) if recorded is not None else None
     if recorded is not None:
+        recorded = {**{k: v for k, v in ADDED_FIELDS.items() if k in current}, **recorded}
         diff = [d for d in config_diff(recorded, current) if d[0] not in HARMLESS]
         if diff and saved_steps and not c.force_new_run:
             raise ConfigError(

@@ -23,10 +23,12 @@ import numpy as np
 
 from vpgtrans_jax import paths
 from vpgtrans_jax.checkpoint import model_dir
+from vpgtrans_jax.checkpoint.convert import model_inputs
 from vpgtrans_jax.checkpoint.hf import llms
 from vpgtrans_jax.checkpoint.sources import read_json
 from vpgtrans_jax.errors import CheckpointError
 from vpgtrans_jax.models.parts import VPG_PARTS
+from vpgtrans_jax.outputs import check_separate
 from vpgtrans_jax.transfer.word_converter import load_converter
 
 
@@ -80,6 +82,8 @@ def merge_projector(
       converter: the word converter directory (``scripts/word_converter.py --out``).
       target_llm: the target LLM directory; default: the one the converter records.
       qformer_scan_layers: store the Q-Former scanned (its layout for a scanned training run).
+      overwrite: replace an existing ``out_dir``, only an earlier output of this project's tools
+        (``vpgtrans_jax.outputs``); ``out_dir`` may never be, hold or lie inside an input.
 
     Returns:
       the manifest written.
@@ -88,6 +92,9 @@ def merge_projector(
     target_llm = target_llm or conv.meta.get("tgt_llm")
     if not target_llm:
         raise CheckpointError(f"{converter}: records no target LLM; pass target_llm (--tgt_llm)")
+    inputs = {**model_inputs("--src_checkpoint", src_checkpoint), "--converter": converter,
+              **model_inputs("--tgt_llm", target_llm)}  # fmt: skip
+    check_separate(out_dir, inputs)
     tgt_cfg = target_llm_config(target_llm)
     if tgt_cfg.input_embed_dim != conv.tgt_dim:
         raise CheckpointError(

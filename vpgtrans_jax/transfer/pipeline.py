@@ -461,6 +461,7 @@ class TransferPipeline:
             align=cc.align,
             fit=fit,
             process_captions=not cc.raw_text,
+            overwrite=True,  # a half-finished earlier attempt of this very step
             log=self.log,
         )
         m = conv.meta["metrics"]

@@ -15,8 +15,10 @@ Directory format (``--out DIR``):
     ``bias`` float32[E_tgt];
   ``converter.json``: ``{"format": "vpgtrans_jax.word_converter", "version": 1, "src_llm",
     "tgt_llm", "src_dim", "tgt_dim", "src_project_in_folded", "align", "align_stats",
-    "fit" (FitConfig), "metrics" (train/held-out cosine, ...), "text_files"}``. It is written
-    last, so its presence marks a complete directory.
+    "fit" (FitConfig), "metrics" (train/held-out cosine, ...), "text_files"}``.
+The directory is written whole and renamed into place (``vpgtrans_jax.outputs.atomic_output``):
+an existing non-empty one is replaced only with ``overwrite`` and only when it is an earlier
+converter (or another output of this project's tools) holding nothing else.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from vpgtrans_jax import paths
+from vpgtrans_jax.outputs import atomic_output, check_replaceable, check_separate
 from vpgtrans_jax.transfer import alignment
 from vpgtrans_jax.transfer.linear_map import FitConfig, fit_linear_map
 from vpgtrans_jax.transfer.llm_embeddings import load_tokenizer, read_input_embeddings
@@ -61,13 +64,22 @@ class WordConverter:
     def tgt_dim(self) -> int:
         return int(self.kernel.shape[1])
 
-    def save(self, out_dir: str) -> None:
-        paths.makedirs(out_dir)  # a directory or a URL (gs://)
-        with paths.open_file(paths.join(out_dir, WEIGHTS_FILE), "wb") as f:
-            np.savez(f, kernel=self.kernel, bias=self.bias)
-        meta = {"format": FORMAT, "version": VERSION, **self.meta}
-        meta.update(src_dim=self.src_dim, tgt_dim=self.tgt_dim)
-        paths.write_text(paths.join(out_dir, META_FILE), json.dumps(meta, indent=2))
+    def save(self, out_dir: str, *, overwrite: bool = False) -> None:
+        """Writes the converter directory (module docstring) whole."""
+        with atomic_output(out_dir, overwrite=overwrite, kind="word converter",
+                           created_by="vpgtrans_jax.transfer.word_converter",
+                           also_ours=_is_converter_dir) as tmp:  # fmt: skip
+            np.savez(os.path.join(tmp, WEIGHTS_FILE), kernel=self.kernel, bias=self.bias)
+            meta = {"format": FORMAT, "version": VERSION, **self.meta}
+            meta.update(src_dim=self.src_dim, tgt_dim=self.tgt_dim)
+            with open(os.path.join(tmp, META_FILE), "w") as f:
+                json.dump(meta, f, indent=2)
+
+
+def _is_converter_dir(path: str) -> bool:
+    """A converter directory written before outputs carried a marker: its two files only."""
+    entries = set(paths.listdir(path))
+    return META_FILE in entries and entries <= {META_FILE, WEIGHTS_FILE}
 
 
 def load_converter(path: str) -> WordConverter:
@@ -105,6 +117,7 @@ def build_word_converter(
     align: str = "same_length",
     fit: FitConfig | None = None,
     process_captions: bool = True,
+    overwrite: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> WordConverter:
     """Trains the converter from ``src_llm`` to ``tgt_llm`` on ``text_files``; saves to ``out_dir``.
@@ -115,6 +128,8 @@ def build_word_converter(
       align: ``"same_length"`` or ``"shared_tokens"`` (see ``alignment``).
       fit: optimisation settings (None: the original recipe).
       process_captions: apply LAVIS ``blip_caption`` first.
+      overwrite: replace an existing ``out_dir`` (only an earlier output of ours; module
+        docstring). Checked, like ``out_dir`` against the inputs, before the fit.
 
     Returns:
       the prompt-space ``WordConverter`` (``meta["metrics"]["heldout_cosine"]`` is the report).
@@ -122,10 +137,15 @@ def build_word_converter(
     fit = fit or FitConfig()
     if align not in alignment.ALIGN_MODES:
         raise ValueError(f"align must be one of {alignment.ALIGN_MODES}, got {align!r}")
+    if out_dir is not None:
+        inputs = {"--src_llm": src_llm, "--tgt_llm": tgt_llm, "--text": list(text_files)}
+        check_separate(out_dir, inputs)
     say = log or (lambda _: None)
     src, tgt = read_input_embeddings(src_llm), read_input_embeddings(tgt_llm)
     src_tok, tgt_tok = load_tokenizer(src_llm), load_tokenizer(tgt_llm)
     captions = alignment.read_captions(text_files, process=process_captions)
+    if out_dir is not None:  # before the fit; the inputs' own errors come first
+        check_replaceable(out_dir, overwrite=overwrite, also_ours=_is_converter_dir)
     pairs, stats = alignment.align(align, captions, src_tok, tgt_tok)
     say(f"{align}: {stats}")
     if len(pairs) == 0:
@@ -168,5 +188,5 @@ def build_word_converter(
     }
     conv = WordConverter(kernel.astype(np.float32), result.bias.astype(np.float32), meta)
     if out_dir is not None:
-        conv.save(out_dir)
+        conv.save(out_dir, overwrite=overwrite)
     return conv

@@ -37,7 +37,7 @@ def config_from_hf(
         raise ValueError(f"expected a BLIP-2 config (model_type 'blip-2'), got {got!r}")
     per = {"vision": vision or {}, "qformer": qformer or {}, "llm": llm or {}}
     kw = {name: {**all_towers, **over} for name, over in per.items()}
-    text = hf.get("text_config") or {}
+    text = _sub_config(hf, "text_config")
     text_type = text.get("model_type", "opt")
     family = llms.family_of_model_type(text_type)
     if family is None:
@@ -46,8 +46,8 @@ def config_from_hf(
             f"decoder-only LLMs ({', '.join(sorted(llms.MODEL_TYPE_FAMILY))})"
         )
     llm_cfg = llms.HF_LLMS[family].config_from_hf(text, **kw["llm"])
-    vision_cfg = hf_vit.config_from_hf(hf.get("vision_config") or {}, **kw["vision"])
-    q = dict(hf.get("qformer_config") or {})
+    vision_cfg = hf_vit.config_from_hf(_sub_config(hf, "vision_config"), **kw["vision"])
+    q = _sub_config(hf, "qformer_config")
     # Blip2Config ties the cross-attention input width to the vision width.
     q["encoder_hidden_size"] = vision_cfg.hidden_size
     return VLConfig(
@@ -57,6 +57,17 @@ def config_from_hf(
         num_query_tokens=int(hf.get("num_query_tokens", 32)),
         ln_vision_eps=vision_cfg.layer_norm_eps,
     )
+
+
+def _sub_config(hf: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A tower's section of ``config.json`` (absent = the defaults); anything but an object is a
+    ValueError naming it."""
+    sub = hf.get(name)
+    if sub is None:
+        return {}
+    if not isinstance(sub, Mapping):
+        raise ValueError(f"{name} must be a JSON object, got {type(sub).__name__}")
+    return dict(sub)
 
 
 def config_to_hf(cfg: VLConfig, image_token_index: int) -> dict[str, Any]:
