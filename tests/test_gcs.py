@@ -18,7 +18,7 @@ import vpgtrans_jax
 from tests import torch_reference as F
 from tests.gcs_util import gcs_server
 from tests.scripts_util import run_script
-from vpgtrans_jax import paths, tiny
+from vpgtrans_jax import outputs, paths, tiny
 from vpgtrans_jax.checkpoint import model_dir
 from vpgtrans_jax.data.arrayrecord import convert_source
 from vpgtrans_jax.data.processors import load_image
@@ -125,6 +125,29 @@ def test_object_store_primitives(bucket):
     assert paths.glob(f"{bucket}/prim/*/sub/*.json") == [f"{bucket}/prim/out/sub/x.json"]
 
 
+def test_outputs_in_a_bucket_follow_the_local_replace_rules(bucket):
+    ours, theirs = f"{bucket}/outs/ours", f"{bucket}/outs/theirs"
+    with outputs.atomic_output(ours, kind="test output") as tmp:
+        open(os.path.join(tmp, "a.txt"), "w").write("a")
+    assert outputs.read_marker(ours)["entries"] == sorted([outputs.MARKER, "a.txt"])
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        with outputs.atomic_output(ours):
+            pass
+    with pytest.raises(RuntimeError):  # a failed writer uploads nothing
+        with outputs.atomic_output(ours, overwrite=True) as tmp:
+            open(os.path.join(tmp, "b.txt"), "w").write("b")
+            raise RuntimeError("writer failed")
+    assert paths.read_text(f"{ours}/a.txt") == "a"
+    with outputs.atomic_output(ours, overwrite=True, kind="test output") as tmp:
+        open(os.path.join(tmp, "b.txt"), "w").write("b")
+    assert paths.listdir(ours) == sorted([outputs.MARKER, "b.txt"])
+    paths.write_text(f"{theirs}/notes.txt", "mine")
+    with pytest.raises(FileExistsError, match="not an output of this project's tools"):
+        with outputs.atomic_output(theirs, overwrite=True):
+            pass
+    assert paths.listdir(theirs) == ["notes.txt"]
+
+
 def test_workdir_lock_in_a_bucket(bucket, caplog):
     run = f"{bucket}/locked"
     held = workdir_lib.lock(run, 0)
@@ -167,7 +190,6 @@ def _train_until(c, workdir: str, stop_at: int) -> dict:
         loop.jit_train_step = original
 
 
-@pytest.mark.slow
 def test_stage1_in_a_bucket_resumes_bit_exactly(bucket, synthetic_dir, tmp_path):
     full = str(tmp_path / "full")
     loop.train(_config(synthetic_dir), full, progress=False)  # uninterrupted, on local disk

@@ -23,7 +23,7 @@ from vpgtrans_jax.data.sources import ListSource
 from vpgtrans_jax.data.transforms import SampleConfig, SampleProcessor
 from vpgtrans_jax.train import checkpointing
 
-pytestmark = pytest.mark.slow  # each run starts JAX in 2 processes: ~0.5-1 min on 2 cores
+# Each run starts JAX in 2 processes: ~0.5-1 min on 2 cores.
 TIMEOUT_S = 300  # per launch; a hang (a lost peer) fails instead of blocking CI
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny stage 2 (Q-Former + projector trained) on the (2, 2, 2) mesh.
