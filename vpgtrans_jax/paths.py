@@ -34,6 +34,11 @@ from typing import IO, Any
 import fsspec
 from etils import epath
 
+# etils.epath (Orbax's path layer) would open gs:// through TensorFlow's GFile whenever TF is
+# installed; this keeps every gs:// access on one client stack, gcsfs, the one tested here.
+# Set at import: changing it after Orbax has touched a path was seen to have no effect.
+os.environ.setdefault("EPATH_USE_TF", "false")
+
 # Written first and deleted last by ``staged_output``; its presence means "incomplete".
 IN_PROGRESS = ".vpgtrans_writing"
 _GLOB_MAGIC = re.compile(r"[*?\[]")
