@@ -19,6 +19,7 @@ from typing import Any
 from absl import app, flags
 from absl import logging as absl_logging
 
+from vpgtrans_jax import sharding
 from vpgtrans_jax.errors import VPGTransError
 
 _DEBUG = flags.DEFINE_boolean("debug", False, "Show the full traceback of an error.")
@@ -110,11 +111,14 @@ def error_line(e: BaseException) -> str:
     return f"error: {text}"
 
 
-def run(main: Callable[[list[str]], Any]) -> None:
+def run(main: Callable[[list[str]], Any], *, distributed: bool = False) -> None:
     """``absl.app.run(main)`` with the shared logging and error handling (module docstring).
 
     ``main`` gets the positional arguments left after the flags (``argv[0]`` is the program);
-    its return value is the exit status (None = 0).
+    its return value is the exit status (None = 0). ``distributed``: a tool that runs on every
+    process of a multi-process launch (training, evaluation) connects them first
+    (``sharding.maybe_initialize_distributed``), before anything (a tiny config's preparation)
+    starts JAX.
     """
 
     def wrapped(argv: list[str]) -> Any:
@@ -125,6 +129,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
         if not _DEBUG.value:
             logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # a set: adding twice is a no-op
         try:
+            if distributed:
+                sharding.maybe_initialize_distributed()
             return main(argv)
         except USER_ERRORS as e:
             if _DEBUG.value:

@@ -14,6 +14,10 @@ tool and its top-level entries. An existing target is handled this way:
 A single-file output (a ``.pth``, a metrics JSON) cannot carry a marker. An existing file is
 replaced only with ``overwrite`` (the caller decides what that flag is), and a directory never is.
 
+On an object store (``gs://``) there is no rename: the output is staged locally and uploaded
+under an in-progress marker that is deleted last (``paths.staged_output``); readers refuse a
+directory that still has it. The same replace rules apply, read through ``paths``.
+
 ``check_separate`` refuses an output that is one of the inputs, lies inside one, or holds one
 (resolved real paths, so symlinks and ``..`` do not hide it).
 """
@@ -30,6 +34,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.errors import VPGTransError
 
 MARKER = ".vpgtrans_output.json"
@@ -114,8 +119,7 @@ def check_separate(
 def read_marker(path: str) -> dict | None:
     """The marker of an output directory written here, or None when it has none (or a bad one)."""
     try:
-        with open(os.path.join(path, MARKER), encoding="utf-8") as f:
-            m = json.load(f)
+        m = json.loads(paths.read_text(paths.join(path, MARKER)))
     except (OSError, ValueError):
         return None
     ok = isinstance(m, dict) and m.get("format") == MARKER_FORMAT
@@ -146,19 +150,20 @@ def check_replaceable(
     ``also_ours(out)`` recognises an earlier output of the caller's kind written before outputs
     carried the marker (it must only accept directories holding nothing but such an output).
     """
-    if not os.path.lexists(out):
+    remote = paths.is_remote(out)
+    if not (paths.exists(out) if remote else os.path.lexists(out)):
         return
     if not is_dir:
-        if os.path.isdir(out):
+        if paths.isdir(out):
             raise FileExistsError(f"{out} is a directory; the output is a file: choose a file path")
         if not overwrite:
             raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
         return
-    if not os.path.isdir(out):
+    if not paths.isdir(out):
         raise FileExistsError(
             f"{out} is a file, not a directory: remove it yourself or choose another output path"
         )
-    entries = os.listdir(out)
+    entries = paths.listdir(out)
     if not entries:
         return
     if not overwrite:
@@ -166,6 +171,8 @@ def check_replaceable(
             f"{out} already exists and is not empty; pass --overwrite to replace it (only an "
             "earlier output of this project's tools is replaced)"
         )
+    if paths.IN_PROGRESS in entries:  # an upload of ours that stopped before finishing
+        return
     marker = read_marker(out)
     if marker is None:
         if also_ours is not None and also_ours(out):
@@ -201,8 +208,17 @@ def atomic_output(
 
     What an existing ``out`` may be is decided before anything is written (``check_replaceable``;
     module docstring); it is replaced only after the new output is complete. A directory output
-    gets the marker (``kind``, ``created_by`` and its top-level entries).
+    gets the marker (``kind``, ``created_by`` and its top-level entries). A URL ``out`` is
+    staged locally and uploaded under an in-progress marker (module docstring).
     """
+    if paths.is_remote(out):
+        out = paths.abspath(out)
+        check_replaceable(out, overwrite=overwrite, is_dir=is_dir, also_ours=also_ours)
+        with paths.staged_output(out, overwrite=True, is_dir=is_dir) as tmp:
+            yield tmp
+            if is_dir:
+                _write_marker(tmp, kind, created_by)
+        return
     out = os.path.abspath(out.rstrip("/") or out)
     check_replaceable(out, overwrite=overwrite, is_dir=is_dir, also_ours=also_ours)
     parent = os.path.dirname(out)

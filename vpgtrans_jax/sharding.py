@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -58,6 +59,31 @@ HIDDEN = ("activation_batch", "activation_length", "activation_embed")  # float[
 HEADS = ("activation_batch", "activation_length", "activation_heads", None)  # float[B, T, H, Dh]
 MLP = ("activation_batch", "activation_length", "activation_mlp")  # float[B, T, F]
 LOGITS = ("activation_batch", "activation_length", "activation_vocab")  # float[B, T, V]
+
+
+def maybe_initialize_distributed() -> None:
+    """Connects the processes of a multi-process launch before JAX touches any device.
+
+    Training and evaluation call it first (a second call does nothing). Explicit:
+    ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID`` (multi-GPU hosts;
+    several processes on one machine in the tests). Auto-detected by JAX: TPU pod slices
+    (``TPU_WORKER_HOSTNAMES``), SLURM, Open MPI.
+    """
+    if jax.distributed.is_initialized():
+        return
+    env = os.environ
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
+            process_id=int(env.get("JAX_PROCESS_ID", "0")),
+        )
+        return
+    multi_worker_tpu = "," in env.get("TPU_WORKER_HOSTNAMES", "")
+    slurm = int(env.get("SLURM_NTASKS", "1")) > 1
+    mpi = int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    if multi_worker_tpu or slurm or mpi:
+        jax.distributed.initialize()
 
 
 def make_mesh(

@@ -14,6 +14,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.checkpoint import hub, lavis, model_dir, store
 from vpgtrans_jax.checkpoint.engine import check_keys, export_tensors, import_tensors
 from vpgtrans_jax.checkpoint.hf import blip2, llms, qformer, vit
@@ -87,8 +88,8 @@ def hf_to_orbax(
     _dtype(dtype)
     src = hub.resolve(src)
     check_separate(out, {"--src": src})
-    cfg_path = os.path.join(src, "config.json")
-    if not os.path.isdir(src):
+    cfg_path = paths.join(src, "config.json")
+    if not paths.isdir(src):
         raise CheckpointError(f"{src}: not a directory")
     hf = read_json(cfg_path)
     model_type = hf.get("model_type") if isinstance(hf, dict) else None
@@ -121,7 +122,7 @@ def hf_to_orbax(
     def write(w: model_dir.PartWriter) -> None:
         import_tensors(source, rules, expected, w.emit, optional=optional, what=what)
 
-    origin = {"kind": kind, "path": os.path.abspath(src)}
+    origin = {"kind": kind, "path": paths.abspath(src)}
     manifest = model_dir.write_model_dir(
         out, spec, write, origins={p: origin for p in spec.parts}, hf=extra,
         created_by="convert/hf_to_orbax.py", overwrite=overwrite, group_bytes=group_bytes,
@@ -212,7 +213,7 @@ def lavis_to_orbax(
     if llm_src["kind"] == "hf_blip2":
         raise CheckpointError(f"{llm}: --llm must be an LLM directory, got a BLIP-2 directory")
     if llm_src["kind"] == "hf_llm":
-        llm_cfg = llms.config_from_hf(read_json(os.path.join(llm, "config.json")), llm, **over)
+        llm_cfg = llms.config_from_hf(read_json(paths.join(llm, "config.json")), llm, **over)
     else:
         llm_cfg = dataclasses.replace(model_dir.read_spec(llm).llm, **over)
     vision, qformer = vpg_configs(vpg_config, **over)
@@ -276,7 +277,7 @@ def lavis_to_orbax(
     if not reference_llm:
         origins["llm"] = llm_src["path"]
     manifest = model_dir.write_model_dir(
-        out, spec, write, sources=refs, origins={p: {"path": os.path.abspath(v)}
+        out, spec, write, sources=refs, origins={p: {"path": paths.abspath(v)}
                                                  for p, v in origins.items()},
         hf={"lavis_projector": proj}, created_by="convert/lavis_to_orbax.py",
         overwrite=overwrite, group_bytes=group_bytes,
@@ -407,6 +408,7 @@ def llm_to_hf(
     with store.atomic_output(out, overwrite=overwrite, kind="HF LLM directory",
                              created_by=made_by) as tmp:  # fmt: skip
         write_safetensors(os.path.join(tmp, "model.safetensors"), tensors)
+        tokenizer_dir = paths.local_copy(tokenizer_dir) if tokenizer_dir else None
         for name in os.listdir(tokenizer_dir) if tokenizer_dir else []:
             if os.path.isfile(os.path.join(tokenizer_dir, name)):
                 shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(tmp, name))

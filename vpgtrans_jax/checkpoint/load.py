@@ -11,14 +11,13 @@ model. Both go through the one import engine (``checkpoint.engine``).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from vpgtrans_jax import sharding
+from vpgtrans_jax import paths, sharding
 from vpgtrans_jax.checkpoint import engine, hub, model_dir
 from vpgtrans_jax.checkpoint.fill import abstract, expected_params, fill_abstract
 from vpgtrans_jax.checkpoint.hf import blip2
@@ -49,11 +48,11 @@ def load(
       ``VLModel``; call it as ``model(pixel_values[B,H,W,3], input_ids[B,T], attention_mask[B,T])``.
     """
     path = hub.resolve(path)
-    if not os.path.isdir(path):
+    if not paths.isdir(path):  # a local directory or a URL (gs://...)
         raise CheckpointError(f"{path}: not a directory")
     if model_dir.is_model_dir(path):
         return model_dir.load_model_dir(path, mesh=mesh, rules=rules, **tower_overrides)
-    config_path = os.path.join(path, "config.json")
+    config_path = paths.join(path, "config.json")
     hf_config = read_json(config_path)
     if blip2.is_blip2(hf_config):
         return load_hf_blip2(path, hf_config, mesh=mesh, rules=rules, **tower_overrides)
@@ -75,7 +74,7 @@ def load_hf_blip2(
 ) -> VLModel:
     """Loads a ``Blip2ForConditionalGeneration`` directory into a ``VLModel``."""
     if hf_config is None:
-        hf_config = read_json(os.path.join(path, "config.json"))
+        hf_config = read_json(paths.join(path, "config.json"))
     try:
         cfg = blip2.config_from_hf(hf_config, **tower_overrides)
     except (TypeError, ValueError, KeyError, AttributeError) as e:

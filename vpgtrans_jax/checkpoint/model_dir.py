@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vpgtrans_jax import sharding
+from vpgtrans_jax import paths, sharding
 from vpgtrans_jax.checkpoint import engine, hub, store
 from vpgtrans_jax.checkpoint.fill import abstract, expected_params, fill_abstract, flat_params
 from vpgtrans_jax.checkpoint.hf import blip2, llms
@@ -153,12 +153,13 @@ def open_hf_llm(directory: str) -> TensorSource:
 
 
 def is_model_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MANIFEST))
+    return paths.isfile(paths.join(path, MANIFEST))
 
 
 def read_manifest(path: str) -> dict[str, Any]:
     """The manifest of a model directory, validated (format, version, kind, parts)."""
-    where = os.path.join(path, MANIFEST)
+    where = paths.join(path, MANIFEST)
+    paths.check_complete(path)  # a gs:// directory still being uploaded
     m = read_json(where)
     if not isinstance(m, dict):
         raise CheckpointError(f"{where}: expected a JSON object, got {type(m).__name__}")
@@ -205,11 +206,11 @@ def describe_source(src: str | Mapping[str, Any]) -> dict[str, str]:
         if kind not in SOURCE_KINDS or not isinstance(path, str):
             raise ValueError(f"source {dict(src)!r}: need kind in {SOURCE_KINDS} and a path")
         return {"kind": kind, "path": path}
-    path = os.path.abspath(hub.resolve(src))
+    path = paths.abspath(hub.resolve(src))
     if is_model_dir(path):
         return {"kind": "vpgtrans", "path": path}
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
+    cfg_path = paths.join(path, "config.json")
+    if not paths.isfile(cfg_path):
         raise CheckpointError(
             f"{path}: not a model directory ({MANIFEST}) nor a HF directory (config.json)"
         )
@@ -247,7 +248,7 @@ def part_tensors(
     target's (``scan_layers``) is converted. ``chain``: the model directories that referred here
     (a reference back to one of them is a cycle, refused).
     """
-    here = os.path.realpath(path)
+    here = paths.abspath(path) if paths.is_remote(path) else os.path.realpath(path)
     if here in chain:
         loop = " -> ".join([*chain[chain.index(here) :], here])
         raise CheckpointError(f"{path}: part {part!r} is referenced in a cycle ({loop})")
@@ -257,7 +258,7 @@ def part_tensors(
     entry = m["parts"].get(part)
     if entry is None:
         raise CheckpointError(f"{path}: has no part {part!r} (it holds {sorted(m['parts'])})")
-    where = os.path.join(path, MANIFEST)
+    where = paths.join(path, MANIFEST)
     if not isinstance(entry, Mapping):
         raise CheckpointError(f"{where}: part {part!r} must be a JSON object, got {entry!r}")
     _check_arch(part, stored_spec.tower(part), target.tower(part), path)
@@ -277,7 +278,7 @@ def part_tensors(
             f"{where}: part {part!r} needs 'groups', a list of directory names under "
             f"params/{part}, got {names!r}"
         )
-    groups = [os.path.join(path, "params", part, g) for g in names]
+    groups = [paths.join(path, "params", part, g) for g in names]
     if not groups:
         raise CheckpointError(f"{path}: part {part!r} is marked stored but lists no groups")
     have, want = stored_spec.tower(part), target.tower(part)
@@ -355,11 +356,11 @@ def source_part_tensors(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields ``part`` read from a referenced source (see ``describe_source``)."""
     src = describe_source(src)
-    path = src["path"] if os.path.isabs(src["path"]) else os.path.join(base, src["path"])
+    path = src["path"] if paths.isabs(src["path"]) else paths.join(base, src["path"])
     if src["kind"] == "vpgtrans":
         yield from part_tensors(path, part, target, chain=chain)
         return
-    hf = read_json(os.path.join(path, "config.json"))
+    hf = read_json(paths.join(path, "config.json"))
     if src["kind"] == "hf_blip2":
         if target.vl is None:
             raise CheckpointError(f"{path}: a BLIP-2 source can only feed a VL model's parts")
@@ -474,7 +475,7 @@ def write_model_dir(
 
 def _is_plain_model_dir(path: str) -> bool:
     """A model directory written before outputs carried a marker: its manifest and params only."""
-    entries = set(os.listdir(path))
+    entries = set(paths.listdir(path))
     return MANIFEST in entries and entries <= {MANIFEST, "params"}
 
 
@@ -546,7 +547,7 @@ def read_parts(
     layout the arrays come back in; stored dtypes are kept.
     """
     src = describe_source(path)
-    hf = None if src["kind"] == "vpgtrans" else read_json(os.path.join(src["path"], "config.json"))
+    hf = None if src["kind"] == "vpgtrans" else read_json(paths.join(src["path"], "config.json"))
     try:
         if src["kind"] == "vpgtrans":
             spec = spec_from_manifest(read_manifest(path), path)

@@ -20,6 +20,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.checkpoint.safetensors import SafetensorsFile
 from vpgtrans_jax.errors import CheckpointError
 
@@ -251,7 +252,9 @@ def _shapes_of(f: SafetensorsFile) -> dict[str, tuple[int, ...]]:
 
 
 def open_hf_weights(directory: str) -> TensorSource:
-    """The weights of a HF model directory (safetensors preferred over ``.bin``)."""
+    """The weights of a HF model directory (safetensors preferred over ``.bin``); a ``gs://``
+    directory is read from a local copy (``paths.local_copy``)."""
+    directory = paths.local_copy(directory)
     for name, cls in (
         ("model.safetensors.index.json", SafetensorsDir),
         ("model.safetensors", SafetensorsDir),
@@ -270,7 +273,7 @@ def open_hf_weights(directory: str) -> TensorSource:
 def read_json(path: str) -> Any:
     """A JSON file's contents; a missing or malformed file is one CheckpointError line."""
     try:
-        with open(path) as f:
+        with paths.open_file(path) as f:
             return json.load(f)
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: missing") from e
@@ -307,6 +310,8 @@ def load_torch_pickle(path: str) -> Mapping[str, Any]:
     except ImportError as e:
         raise CheckpointError(f"{path}: reading a torch pickle needs torch installed") from e
 
+    if paths.is_remote(path):  # torch reads (memory-maps) files: a local copy of a URL
+        path = paths.local_copy(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     is_zip = zipfile.is_zipfile(path)

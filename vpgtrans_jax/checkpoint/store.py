@@ -12,9 +12,11 @@ import ctypes
 import os
 from collections.abc import Iterator, Mapping
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.checkpoint.fill import dotted, nested
 from vpgtrans_jax.errors import CheckpointError
 from vpgtrans_jax.outputs import atomic_output
@@ -36,7 +38,11 @@ def _release_freed_memory() -> None:
 
 
 def _checkpointer():
-    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    # Groups are host numpy data, written and read by one process on its own (process 0's
+    # export of a multi-process run): no barrier with the other processes.
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(ocp.StandardCheckpointHandler(), multiprocessing_options=alone)
 
 
 def save_group(path: str, flat: Mapping[str, np.ndarray]) -> None:
@@ -50,10 +56,10 @@ def _standard_save(tree):
 
 def restore_group(path: str) -> dict[str, np.ndarray]:
     """Reads one group back as ``{dotted path: numpy array}`` in the stored dtypes."""
-    if not os.path.isdir(path):
+    if not paths.isdir(path):
         raise CheckpointError(f"{path}: parameter group is missing")
     try:
-        tree = _checkpointer().restore(os.path.abspath(path), args=ocp.args.StandardRestore())
+        tree = _checkpointer().restore(paths.abspath(path), args=ocp.args.StandardRestore())
     except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types for a bad dir
         raise CheckpointError(f"{path}: unreadable Orbax parameter group ({e})") from e
     return {k: np.asarray(v) for k, v in dotted(tree).items()}

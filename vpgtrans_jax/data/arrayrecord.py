@@ -3,7 +3,9 @@
 Record layout (one per sample): ``b"VPG1"``, a little-endian uint32 ``n``, ``n`` bytes of UTF-8
 JSON with every field except the image, then the encoded image bytes (JPEG/PNG as stored on
 disk; no re-encoding). Reading uses grain's ``ArrayRecordDataSource`` and never imports
-TensorFlow.
+TensorFlow. Its C++ reader needs files, so shards named by URL (``gs://``) are read from a local
+copy (``paths.local_copy``, fetched once per host), and shards written to a URL are written
+locally, then uploaded.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import json
 import logging
 import os
 import struct
+import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from vpgtrans_jax import paths as path_lib
 from vpgtrans_jax.data.processors import MAX_IMAGE_PIXELS, load_image
 from vpgtrans_jax.data.webdataset import expand_shards
 from vpgtrans_jax.errors import BadDataError
@@ -59,6 +63,13 @@ def write_shards(
 
     if records_per_shard < 1:
         raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    if path_lib.is_remote(out_prefix):  # the C++ writer needs files: write locally, then upload
+        with tempfile.TemporaryDirectory() as local:
+            written = write_shards(records, os.path.join(local, "s"), records_per_shard)
+            out = [out_prefix + os.path.basename(p)[1:] for p in written]  # "s-00000-of-..."
+            for src, dst in zip(written, out):
+                path_lib.copy_file(src, dst)  # one object each: whole or absent
+            return out
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
     tmp_paths: list[str] = []
     writer = None
@@ -87,7 +98,7 @@ class ArrayRecordSource:
         from grain.sources import ArrayRecordDataSource  # lazy: pulls in array_record's C++ reader
 
         self._paths = expand_shards(paths)
-        self._source = ArrayRecordDataSource(self._paths)
+        self._source = ArrayRecordDataSource([path_lib.local_copy(p) for p in self._paths])
 
     def __len__(self) -> int:
         return len(self._source)
@@ -130,8 +141,7 @@ def convert_source(
             rec = source[i]
             try:
                 if rec.get("image") is None:
-                    with open(rec["image_path"], "rb") as f:
-                        rec["image"] = f.read()
+                    rec["image"] = path_lib.read_bytes(rec["image_path"])
                 if verify:
                     load_image(rec["image"], max_image_pixels)
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the conversion

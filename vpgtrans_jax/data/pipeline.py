@@ -10,10 +10,16 @@ Training::
     state = it.get_state()               # JSON-serialisable; save with the checkpoint
     it2 = train_iterator(...same args...); it2.set_state(state)  # continues with the next batch
 
-Each source is sliced by host (``source[process_index::process_count]``), shuffled with a
-per-epoch reshuffle and repeated forever, tagged with its name, then interleaved by
-``MapDataset.mix`` (deterministic weighted interleave, so proportions are exact over every
-window). Augmentation randomness is derived from (seed, element index). Output depends on
+Training: each source is shuffled and repeated forever, tagged with its name, then interleaved
+by ``MapDataset.mix`` (deterministic weighted interleave, so proportions are exact over every
+window). Augmentation randomness is derived from (seed, element index). That sequence is the
+*global* one, the same for any number of hosts: global batch ``b`` is its elements
+``[b * B, (b + 1) * B)`` and host ``h`` of ``n`` reads rows ``[h * B/n, (h + 1) * B/n)`` of it
+(``_HostRows``). So the hosts never read the same element, every sample is read once per epoch
+over all hosts together, and the global batch (the hosts' batches concatenated in process order)
+does not depend on the host count: a 2-host run computes the losses of a 1-host run. (A bad
+sample shifts the rows of its host only: that host reads its next element instead.) Evaluation
+slices each source by host (``source[process_index::process_count]``). Output depends on
 (arguments, num_workers): resuming needs the same worker count.
 """
 
@@ -77,6 +83,27 @@ def _collate_rows(rows: list[dict[str, Any]], buckets: Sequence[int] | None, lef
             arr[:] = vals
             batch[k] = arr
     return batch
+
+
+class _HostRows(grain.MapDataset):
+    """This host's rows of the global sequence: element ``i`` is global element
+    ``(i // rows) * rows * count + index * rows + i % rows`` (``rows`` = per-host batch)."""
+
+    def __init__(self, parent: grain.MapDataset, index: int, count: int, rows: int):
+        super().__init__(parent)
+        self._index, self._count, self._rows = index, count, rows
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.slice(i)
+        batch, row = divmod(i, self._rows)
+        return self._parent[(batch * self._count + self._index) * self._rows + row]
+
+    def __str__(self) -> str:
+        return f"HostRows(index={self._index}, count={self._count}, rows={self._rows})"
 
 
 class _SkipBadBatchIterator(grain.DatasetIterator):
@@ -216,7 +243,8 @@ def train_iterator(
 ) -> DataIterator:
     """Endless per-host training batches from ``(name, source, weight)`` triples.
 
-    ``batch_size`` is per host. Bad rows are skipped; once at least
+    ``batch_size`` is per host; host ``shard_index`` reads its rows of every global batch of
+    ``batch_size * shard_count`` (module docstring). Bad rows are skipped; once at least
     ``min_samples_before_error`` samples were read (per worker), more than
     ``max_bad_fraction`` bad ones raise ``BadDataError`` naming recent examples.
     """
@@ -233,14 +261,14 @@ def train_iterator(
     for k, (name, source, weight) in enumerate(sources):
         if weight <= 0:
             raise ValueError(f"source {name!r}: weight must be > 0, got {weight}")
-        if len(source) < count:
-            raise ValueError(f"source {name!r} has {len(source)} records, fewer than {count} hosts")
-        ds = grain.MapDataset.source(source)[index::count]
+        ds = grain.MapDataset.source(source)
         ds = ds.shuffle(seed=(seed * 1_000_003 + k) % 2**32).repeat().map(_Tag(name))
         parts.append(ds)
         weights.append(float(weight))
     ds = grain.MapDataset.mix(parts, weights) if len(parts) > 1 else parts[0]
-    ds = ds.random_map(processor, seed=seed)
+    ds = ds.random_map(processor, seed=seed)  # keyed by the global index: host-count independent
+    if count > 1:
+        ds = _HostRows(ds, index, count, batch_size)
     it_ds = ds.to_iter_dataset(_options(num_threads, prefetch))
     it_ds = _SkipBadBatchDataset(
         it_ds, batch_size, buckets, max_bad_fraction, min_samples_before_error

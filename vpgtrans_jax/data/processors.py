@@ -16,6 +16,7 @@ import re
 import numpy as np
 from PIL import Image
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.errors import DataError
 
 # Largest image decoded (width x height), as config.data.max_image_pixels defaults it: 50 MP is
@@ -39,8 +40,8 @@ def load_image(data: bytes | str | Image.Image, max_pixels: int = MAX_IMAGE_PIXE
         img = data
     elif isinstance(data, bytes | bytearray | memoryview):
         img = Image.open(io.BytesIO(bytes(data)))
-    elif isinstance(data, str):
-        img = Image.open(data)
+    elif isinstance(data, str):  # a file path or a URL (gs://...)
+        img = Image.open(io.BytesIO(paths.read_bytes(data)) if paths.is_remote(data) else data)
     else:
         raise TypeError(f"image must be bytes, a path or a PIL image, got {type(data).__name__}")
     w, h = img.size

@@ -17,9 +17,10 @@ decode step's job, so a missing file is a bad sample there, not a crash here) or
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
+
+from vpgtrans_jax import paths
 
 Record = dict[str, Any]
 # Per-sample prompt fields, copied from an annotation entry into its record when present.
@@ -33,7 +34,7 @@ def own_prompt_fields(entry: dict[str, Any]) -> Record:
 
 def _read_json(path: str) -> Any:
     try:
-        with open(path) as f:
+        with paths.open_file(path) as f:  # a file or a URL (gs://)
             return json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"annotation file not found: {path}") from None
@@ -87,11 +88,11 @@ class LavisCaptionSource(ListSource):
                 caps = [e["caption"]] if isinstance(e["caption"], str) else list(e["caption"])
                 records.append(
                     {
-                        "image_path": os.path.join(image_root, e["image"]),
+                        "image_path": paths.join(image_root, e["image"]),
                         "text": caps[0] if caps else "",
                         "captions": caps,
                         "image_id": e.get("image_id", e["image"]),
-                        "key": f"{os.path.basename(path)}[{i}]:{e['image']}",
+                        "key": f"{paths.basename(path)}[{i}]:{e['image']}",
                         **own_prompt_fields(e),
                     }
                 )
@@ -103,7 +104,7 @@ class CcSbuAlignSource(ListSource):
     "caption"}]}) with images at ``root/image/{image_id}.jpg``."""
 
     def __init__(self, root: str):
-        path = os.path.join(root, "filter_cap.json")
+        path = paths.join(root, "filter_cap.json")
         data = _read_json(path)
         if not isinstance(data, dict) or "annotations" not in data:
             raise ValueError(f"{path}: expected {{'annotations': [...]}}")
@@ -112,7 +113,7 @@ class CcSbuAlignSource(ListSource):
             _require(e, ("image_id", "caption"), f"{path}[annotations][{i}]")
             records.append(
                 {
-                    "image_path": os.path.join(root, "image", f"{e['image_id']}.jpg"),
+                    "image_path": paths.join(root, "image", f"{e['image_id']}.jpg"),
                     "text": e["caption"],
                     "captions": [e["caption"]],
                     "image_id": e["image_id"],
@@ -161,7 +162,7 @@ class VqaSource(ListSource):
             name = image_pattern.format(image_id=q["image_id"])
             records.append(
                 {
-                    "image_path": os.path.join(image_root, name),
+                    "image_path": paths.join(image_root, name),
                     "question": q["question"],
                     "answers": answers.get(q["question_id"], []),
                     "question_id": q["question_id"],
@@ -194,7 +195,7 @@ class GqaSource(ListSource):
             raise ValueError(f"{questions_path}: expected a GQA dict or a LAVIS list")
         records = [
             {
-                "image_path": os.path.join(image_root, image),
+                "image_path": paths.join(image_root, image),
                 "question": e["question"],
                 "answers": [e["answer"]] if "answer" in e else [],
                 "question_id": qid,

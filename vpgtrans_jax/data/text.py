@@ -22,14 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from vpgtrans_jax import paths
+
 IGNORE_INDEX = -100
 
 
 def load_tokenizer(path: str) -> Any:
-    """Loads a Hugging Face tokenizer directory offline (no hub access)."""
+    """Loads a Hugging Face tokenizer directory offline (no hub access); a URL (``gs://``) is
+    read from a local copy."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(paths.local_copy(path), local_files_only=True)
 
 
 def check_tokenizer_fits(tokenizer: Any, vocab_size: int, model: str = "the model") -> None:

@@ -1,5 +1,8 @@
 """Random access into WebDataset tar shards (``key.jpg`` + ``key.txt`` and/or ``key.json``).
 
+Shards may be files or URLs (``gs://bucket/sbu/*.tar``): on an object store the index pass
+streams each shard once, and each member is then one ranged read.
+
 LAION-COCO and SBU ship this way. The shards are indexed once (tar headers only, no payload
 reads); records are then read by seeking to the member's data offset, so any element can be
 fetched in O(1) from any worker process.
@@ -7,28 +10,29 @@ fetched in O(1) from any worker process.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import tarfile
 from collections.abc import Sequence
 from typing import Any
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.data.sources import own_prompt_fields
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def expand_shards(pattern: str | Sequence[str]) -> list[str]:
-    """Globs (``dir/*.tar``) or lists of paths -> sorted existing shard paths."""
+    """Globs (``dir/*.tar``, ``gs://bucket/dir/*.tar``) or lists of paths -> sorted existing
+    shard paths."""
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    paths: list[str] = []
+    out: list[str] = []
     for p in patterns:
-        found = sorted(glob.glob(p))
+        found = paths.glob(p)
         if not found:
             raise FileNotFoundError(f"no WebDataset shard matches {p!r}")
-        paths += found
-    return paths
+        out += found
+    return out
 
 
 class WebDatasetSource:
@@ -47,7 +51,7 @@ class WebDatasetSource:
         self._index: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
         for s, path in enumerate(self._paths):
             members: dict[str, dict[str, tuple[int, int]]] = {}
-            with tarfile.open(path, "r:") as tar:
+            with paths.open_file(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
                 for m in tar:
                     if not m.isfile():
                         continue
@@ -62,14 +66,12 @@ class WebDatasetSource:
         return len(self._index)
 
     def _read(self, path: str, offset: int, size: int) -> bytes:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        return paths.read_range(path, offset, size)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s, key, exts = self._index[index]
         path = self._paths[s]
-        rec: dict[str, Any] = {"key": f"{os.path.basename(path)}:{key}", "image": None}
+        rec: dict[str, Any] = {"key": f"{paths.basename(path)}:{key}", "image": None}
         for ext in IMAGE_EXTS:
             if ext in exts:
                 rec["image"] = self._read(path, *exts[ext])

@@ -32,6 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from vpgtrans_jax import paths, sharding
 from vpgtrans_jax.checkpoint.load import load
 from vpgtrans_jax.data.processors import blip_image_eval, blip_question
 from vpgtrans_jax.data.registry import make_source as make_data_source
@@ -87,8 +88,7 @@ def caption_id_resolver(gt_path: str) -> Any:
     """
     by_name: dict[str, Any] = {}
     if gt_path:
-        with open(gt_path) as f:
-            gt = json.load(f)
+        gt = json.loads(paths.read_text(gt_path))
         for im in gt.get("images", []) if isinstance(gt, dict) else []:
             if isinstance(im, dict) and "file_name" in im and "id" in im:
                 by_name[os.path.basename(im["file_name"])] = im["id"]
@@ -212,13 +212,9 @@ class Progress:
         elif lines:
             log.warning("%s was made by another evaluation config; starting over", self.path)
         # Rewritten whole: drops a line cut short by a crash, so appending stays valid JSONL.
-        self._f = open(self.path + ".tmp", "w")
-        self._write(self.header)
-        if self.done:
-            self._write({"done": sorted(self.done.items())})
-        self._f.close()
-        os.replace(self.path + ".tmp", self.path)
-        self._f = open(self.path, "a")
+        lines = [self.header] + ([{"done": sorted(self.done.items())}] if self.done else [])
+        paths.write_text(self.path, "".join(json.dumps(x) + "\n" for x in lines))
+        self._f = paths.AppendFile(self.path)
 
     def _write(self, obj: Any) -> None:
         self._f.write(json.dumps(obj) + "\n")
@@ -227,26 +223,25 @@ class Progress:
     def add(self, answers: list[tuple[int, str]]) -> None:
         self.done.update(answers)
         self._write({"done": answers})
-        os.fsync(self._f.fileno())
+        self._f.sync()
 
     def close(self) -> None:
         self._f.close()
 
 
 def share_path(workdir: str, task: str, pid: int, nproc: int) -> str:
-    return os.path.join(workdir, f"predictions_{task}.part{pid}-of-{nproc}.jsonl")
+    return paths.join(workdir, f"predictions_{task}.part{pid}-of-{nproc}.jsonl")
 
 
 def _read_share(path: str) -> list[dict]:
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return []
     out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                break  # the line a crash cut short, and anything after it
+    for line in paths.read_text(path).splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break  # the line a crash cut short, and anything after it
     return out
 
 
@@ -337,27 +332,27 @@ def score(cfg: Any, pred_path: str, subset: bool = False) -> dict | None:
         metrics = [m.strip() for m in s.get("metrics", "").split(",") if m.strip()]
         if metrics:
             kw["caption_metrics"] = metrics
-        return score_files(cfg.task, pred_path, d.gt, spice=s.spice, **kw)
+        return score_files(cfg.task, pred_path, paths.local_copy(d.gt), spice=s.spice, **kw)
     if cfg.task in VQA_TASKS:
         if not d.answers:
             return None
         return score_files(
             cfg.task,
             pred_path,
-            d.answers,
-            d.annotations,
+            paths.local_copy(d.answers),
+            paths.local_copy(d.annotations),
             vqa_rules=s.vqa_rules,
             lemmatize=s.lemmatize,
             **kw,
         )
     if not source_has_answers(d.annotations):
         return None
-    return score_files("gqa", pred_path, d.annotations, lemmatize=s.lemmatize, **kw)
+    questions = paths.local_copy(d.annotations)
+    return score_files("gqa", pred_path, questions, lemmatize=s.lemmatize, **kw)
 
 
 def source_has_answers(gqa_questions: str) -> bool:
-    with open(gqa_questions) as f:
-        data = json.load(f)
+    data = json.loads(paths.read_text(gqa_questions))
     entries = data.values() if isinstance(data, dict) else data
     return all(isinstance(e, dict) and "answer" in e for e in entries)
 
@@ -382,15 +377,20 @@ def check_outputs(cfg: Any, workdir: str) -> None:
     inputs = {f"--config.data.{k}": d.get(k) or None for k in ("annotations", "answers", "gt")}
     pid, nproc = jax.process_index(), jax.process_count()
     for name in (f"predictions_{cfg.task}.json", f"metrics_{cfg.task}.json"):
-        check_separate(os.path.join(workdir, name), inputs, out_label="the output")
+        check_separate(paths.join(workdir, name), inputs, out_label="the output")
     check_separate(share_path(workdir, cfg.task, pid, nproc), inputs, out_label="the output")
 
 
 def evaluate(cfg: Any, workdir: str) -> dict | None:
-    """Runs generation (this process's share), merges on process 0, scores; returns metrics."""
+    """Runs generation (this process's share), merges on process 0, scores; returns metrics.
+
+    ``workdir`` may be a URL (``gs://``): shares, predictions and metrics are written there;
+    scoring reads local copies."""
     check_config(cfg)
+    sharding.maybe_initialize_distributed()
+    workdir = paths.abspath(workdir)
     check_outputs(cfg, workdir)
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     source = make_source(cfg)
     total = len(source) if cfg.limit <= 0 else min(cfg.limit, len(source))
     pid, nproc = jax.process_index(), jax.process_count()
@@ -401,8 +401,9 @@ def evaluate(cfg: Any, workdir: str) -> dict | None:
         )
     finally:
         progress.close()
-    with open(progress.path, "a") as f:  # the share's bad samples, for process 0's report
-        f.write(json.dumps({"bad": bad.items}) + "\n")
+    share = paths.AppendFile(progress.path)  # the share's bad samples, for process 0's report
+    share.write(json.dumps({"bad": bad.items}) + "\n")
+    share.close()
     if nproc > 1:
         multihost_utils.sync_global_devices("evaluate: shares written")
     if pid != 0:
@@ -415,11 +416,10 @@ def evaluate(cfg: Any, workdir: str) -> dict | None:
             merged += [(int(i), a) for i, a in line.get("done", [])]
         bad_items += next((ln["bad"] for ln in reversed(lines) if "bad" in ln), [])
     merged = sorted((i, a) for i, a in dict(merged).items() if i < total)
-    pred_path = os.path.join(workdir, f"predictions_{cfg.task}.json")
-    with open(pred_path, "w") as f:
-        json.dump(to_result_format(cfg, source, merged), f)
+    pred_path = paths.join(workdir, f"predictions_{cfg.task}.json")
+    paths.write_text(pred_path, json.dumps(to_result_format(cfg, source, merged)))
     for k in range(nproc):
-        os.remove(share_path(workdir, cfg.task, k, nproc))
+        paths.remove(share_path(workdir, cfg.task, k, nproc))
     print(f"wrote {pred_path} ({len(merged)} samples)")
     bad_report = {
         "count": len(bad_items),
@@ -428,15 +428,14 @@ def evaluate(cfg: Any, workdir: str) -> dict | None:
     }
     if bad_items:
         print(f"skipped {len(bad_items)} of {total} samples: unreadable images (bad_samples)")
-    metrics = score(cfg, pred_path, subset=bool(bad_items))
+    metrics = score(cfg, paths.local_copy(pred_path), subset=bool(bad_items))
     if metrics is None:
         print("no ground truth in the config (predict-only run): nothing scored")
         return None
     metrics["bad_samples"] = bad_report
     metrics["config"] = cfg.to_dict()
-    metrics_path = os.path.join(workdir, f"metrics_{cfg.task}.json")
-    with open(metrics_path, "w") as f:
-        json.dump(metrics, f, indent=1)
+    metrics_path = paths.join(workdir, f"metrics_{cfg.task}.json")
+    paths.write_text(metrics_path, json.dumps(metrics, indent=1))
     print(format_table(metrics))
     print(f"wrote {metrics_path}")
     return metrics

@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ class Checkpointer:
         max_to_keep: int = 3,
         async_save: bool = True,
     ):
-        self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.workdir = paths.abspath(workdir)  # a path or a URL (gs://): Orbax takes both
+        self.directory = paths.join(self.workdir, "checkpoints")
         self.every_steps = every_steps
         self.async_save = async_save
         self.is_main = jax.process_index() == 0
@@ -127,15 +128,15 @@ class Checkpointer:
         if not self.is_main:
             return
         for step in steps:
-            root = os.path.join(self.directory, str(step))
-            if os.path.isdir(root):  # pruned by max_to_keep meanwhile otherwise
-                _write_json(os.path.join(root, CHECKSUMS), file_digests(root))
+            root = paths.join(self.directory, str(step))
+            if paths.isdir(root):  # pruned by max_to_keep meanwhile otherwise
+                _write_json(paths.join(root, CHECKSUMS), file_digests(root))
 
     def verify(self, step: int) -> str | None:
         """None when ``step``'s files match their recorded checksums (or none were recorded:
         a checkpoint from before checksums, or one cut off right after Orbax finished); else
         what is wrong. Process 0 decides for all processes."""
-        root = os.path.join(self.directory, str(step))
+        root = paths.join(self.directory, str(step))
         problem = _checksum_problem(root) if self.is_main else None
         if jax.process_count() > 1:
             bad = int(multihost_utils.broadcast_one_to_all(np.int32(problem is not None)))
@@ -199,12 +200,12 @@ class Checkpointer:
         if not steps:
             return
         if self.is_main:
-            dest_root = os.path.join(self.workdir, CORRUPT_DIR)
-            os.makedirs(dest_root, exist_ok=True)
+            dest_root = paths.join(self.workdir, CORRUPT_DIR)
+            paths.makedirs(dest_root)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             for step in steps:
-                dest = os.path.join(dest_root, f"{step}-{stamp}")
-                os.rename(os.path.join(self.directory, str(step)), dest)
+                dest = paths.join(dest_root, f"{step}-{stamp}")
+                paths.move(paths.join(self.directory, str(step)), dest)
                 log.warning("moved the skipped checkpoint of step %d to %s", step, dest)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("checkpointing: skipped steps moved")
@@ -218,41 +219,34 @@ class Checkpointer:
 def file_digests(root: str) -> dict[str, str]:
     """``{path relative to root: sha256 hex}`` of every file under ``root`` but the checksums."""
     out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root)
-            if rel == CHECKSUMS:
-                continue
-            with open(path, "rb") as f:
-                out[rel] = hashlib.file_digest(f, "sha256").hexdigest()
-    return dict(sorted(out.items()))
+    for rel in paths.walk_files(root):
+        if rel == CHECKSUMS:
+            continue
+        with paths.open_file(paths.join(root, rel), "rb") as f:
+            out[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+    return out
 
 
 def _checksum_problem(root: str) -> str | None:
-    path = os.path.join(root, CHECKSUMS)
-    if not os.path.exists(path):
+    path = paths.join(root, CHECKSUMS)
+    if not paths.exists(path):
         return None
     try:
-        with open(path) as f:
-            recorded = json.load(f)
+        recorded = json.loads(paths.read_text(path))
     except (OSError, ValueError) as e:
         return f"{CHECKSUMS} unreadable: {e}"
     for rel, digest in recorded.items():
-        file = os.path.join(root, rel)
-        if not os.path.isfile(file):
+        file = paths.join(root, rel)
+        if not paths.isfile(file):
             return f"{rel} is missing"
-        with open(file, "rb") as f:
+        with paths.open_file(file, "rb") as f:
             if hashlib.file_digest(f, "sha256").hexdigest() != digest:
                 return f"{rel} changed since it was written"
     return None
 
 
 def _write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=0)
-    os.replace(tmp, path)
+    paths.write_text(path, json.dumps(obj, indent=0))
 
 
 def write_error_reason(e: BaseException) -> str:
@@ -273,17 +267,17 @@ def write_error_reason(e: BaseException) -> str:
 
 def steps_on_disk(workdir: str) -> list[int]:
     """Finished checkpoint steps in ``<workdir>/checkpoints`` (without opening Orbax)."""
-    root = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(root):
+    root = paths.join(workdir, "checkpoints")
+    if not paths.isdir(root):
         return []
-    return sorted(int(n) for n in os.listdir(root) if n.isdigit())
+    return sorted(int(n) for n in paths.listdir(root) if n.isdigit())
 
 
 def recorded_config(workdir: str) -> dict | None:
     """The config saved in the metadata of the newest readable checkpoint, or None."""
     _drop_orbax_teardown_noise()
     manager = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"), options=ocp.CheckpointManagerOptions(read_only=True)
+        paths.join(workdir, "checkpoints"), options=ocp.CheckpointManagerOptions(read_only=True)
     )
     try:
         for step in sorted(manager.all_steps(), reverse=True):

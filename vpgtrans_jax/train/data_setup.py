@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import ml_collections
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.data import pipeline
 from vpgtrans_jax.data.registry import make_source
 from vpgtrans_jax.data.transforms import SampleConfig, SampleProcessor
@@ -20,7 +20,7 @@ def build_sources(c: ml_collections.ConfigDict) -> tuple[str, list[tuple[str, An
         raise ValueError(
             "config.data.tokenizer: a local Hugging Face tokenizer directory is required"
         )
-    if not os.path.isdir(tokenizer):
+    if not paths.isdir(tokenizer):
         raise ValueError(f"config.data.tokenizer: {tokenizer!r} is not a directory")
     sources = []
     for name, spec in sorted(c.data.sources.items()):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import time
 from typing import Any
@@ -16,7 +15,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from vpgtrans_jax import sharding
+from vpgtrans_jax import paths, sharding
 from vpgtrans_jax.data import text
 from vpgtrans_jax.data.pipeline import make_global_batch
 from vpgtrans_jax.errors import TrainingError
@@ -52,27 +51,6 @@ def peak_flops(device: jax.Device) -> float | None:
         if kind.startswith(prefix):
             return value
     return None
-
-
-def maybe_initialize_distributed() -> None:
-    """Connects the processes of a multi-process launch before JAX touches any device.
-
-    Explicit: ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID`` (multi-GPU
-    hosts). Auto-detected by JAX: TPU pod slices (``TPU_WORKER_HOSTNAMES``), SLURM, Open MPI.
-    """
-    env = os.environ
-    if "JAX_COORDINATOR_ADDRESS" in env:
-        jax.distributed.initialize(
-            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
-            process_id=int(env.get("JAX_PROCESS_ID", "0")),
-        )
-        return
-    multi_worker_tpu = "," in env.get("TPU_WORKER_HOSTNAMES", "")
-    slurm = int(env.get("SLURM_NTASKS", "1")) > 1
-    mpi = int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    if multi_worker_tpu or slurm or mpi:
-        jax.distributed.initialize()
 
 
 class _StopFlag:
@@ -123,7 +101,7 @@ def epoch_end_steps(c: ml_collections.ConfigDict, num_samples: int, steps: int) 
 
 def epoch_export_dir(workdir: str, epoch: int) -> str:
     """Where ``train`` exports the model after ``epoch`` epochs (``config.export_every_epochs``)."""
-    return os.path.join(workdir, "exports", f"epoch_{epoch}")
+    return paths.join(workdir, "exports", f"epoch_{epoch}")
 
 
 def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict[str, Any]:
@@ -133,7 +111,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     differs only in ``workdir.HARMLESS`` fields): ``vpgtrans_jax/train/workdir.py``.
     """
     validate(c)
-    maybe_initialize_distributed()
+    sharding.maybe_initialize_distributed()
     workdir = workdir_lib.ensure_dir(workdir)
     with workdir_lib.lock(workdir, jax.process_index()):
         workdir_lib.check_config(
@@ -258,16 +236,19 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
                     f"checkpoint is in {ckpt.directory}"
                 )
             # Epoch exports, except one that the final export would duplicate.
+            if step in epoch_ends and not (step == steps and c.export_final):
+                on_host = _model_on_host(graphdef, state.params, frozen, n_proc)  # collective
             if step in epoch_ends and is_main and not (step == steps and c.export_final):
                 export_model_dir(
-                    nnx.merge(graphdef, state.params, frozen),
+                    on_host,
                     epoch_export_dir(workdir, epoch_ends[step]),
                     pretrained_path=model_source.get("path"),
                     created_by=f"scripts/train.py (stage {c.stage}, epoch {epoch_ends[step]}, "
                     f"step {step})",
                     info={"epoch": epoch_ends[step], "step": step, **export_info(c)},
                 )
-            if step % c.log_every == 0 or step == steps or stop.signal is not None:
+            stop_signal = _agreed_stop(stop.signal, n_proc)
+            if step % c.log_every == 0 or step == steps or stop_signal:
                 # A stop flushes its partial window, so the rows of an interrupted run and of
                 # its resume together cover every step once (window_steps says how many).
                 dt = time.time() - t_window
@@ -287,8 +268,8 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
                 bar.update(1)
             if ckpt.should_save(step):  # the data state is only gathered when it is saved
                 ckpt.save(step, state, data_it.get_state(), meta)
-            if stop.signal is not None:
-                stopped_by = signal.Signals(stop.signal).name
+            if stop_signal:
+                stopped_by = signal.Signals(stop_signal).name
                 break
     ckpt.save(step, state, data_it.get_state(), meta, force=True)
     ckpt.wait()
@@ -301,10 +282,12 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
             f"{ckpt.directory})"
         )
     export_dir = None
+    if stopped_by is None and c.export_final:
+        on_host = _model_on_host(graphdef, state.params, frozen, n_proc)  # collective
     if stopped_by is None and c.export_final and is_main:
         export_dir = export_model_dir(
-            nnx.merge(graphdef, state.params, frozen),
-            os.path.join(workdir, "export"),
+            on_host,
+            paths.join(workdir, "export"),
             pretrained_path=model_source.get("path"),
             created_by=f"scripts/train.py (stage {c.stage}, step {step})",
             info=export_info(c),
@@ -344,7 +327,28 @@ def _train(c: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict[s
             f"{summary['wall_time_s']:.1f}s, checkpoints in {ckpt.directory}"
             + (f", export in {export_dir}" if export_dir else "")
         )
+    else:  # each worker's log says where it stopped (all stop at the same step)
+        print(f"[{c.stage}] process {pid}/{n_proc}: {stopped_by or 'done'} at step {step}/{steps}")
     return summary
+
+
+def _model_on_host(graphdef, params, frozen, n_proc: int) -> nnx.Module:
+    """The model to export. With several processes its arrays span them (process 0 cannot read
+    the other shards), so every process joins an all-gather to host memory first."""
+    if n_proc > 1:
+        params, frozen = multihost_utils.process_allgather((params, frozen), tiled=True)
+    return nnx.merge(graphdef, params, frozen)
+
+
+def _agreed_stop(local_signal: int | None, n_proc: int) -> int:
+    """The stop request all processes act on after this step: a signal that reached any of them
+    (a preempted pod worker, a Ctrl-C on one host) stops every process at the same step, so they
+    save one checkpoint together. 0 = go on. One tiny host all-gather per step with several
+    processes; none with one."""
+    if n_proc == 1:
+        return int(local_signal or 0)
+    signals = multihost_utils.process_allgather(np.int32(local_signal or 0))
+    return int(np.max(signals))
 
 
 def _step_flops(step_fn, state, frozen, batch) -> float | None:

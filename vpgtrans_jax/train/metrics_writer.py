@@ -4,6 +4,10 @@ The TensorBoard writer emits the on-disk format directly: a TFRecord stream (len
 CRC32C, payload, masked CRC32C) of ``Event`` protocol buffers holding scalar summaries. Only three
 message fields are needed, so they are encoded by hand instead of pulling in tensorboard (which
 imports TensorFlow, ~10 s, whenever it is installed).
+
+Both files may live on an object store (a ``gs://`` workdir): there they are rewritten whole at
+every write (``paths.AppendFile``), which TensorBoard and ``metrics.jsonl`` readers see as a
+file that grows.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import time
 from collections.abc import Mapping
 
 import numpy as np
+
+from vpgtrans_jax import paths
 
 # ---- CRC32C (Castagnoli), as TFRecord framing requires -------------------------------------------
 
@@ -79,10 +85,10 @@ class TensorBoardWriter:
     """Appends scalar summaries to ``<logdir>/events.out.tfevents.<time>.<host>``."""
 
     def __init__(self, logdir: str):
-        os.makedirs(logdir, exist_ok=True)
+        paths.makedirs(logdir)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.path = os.path.join(logdir, name)
-        self._f = open(self.path, "ab")
+        self.path = paths.join(logdir, name)
+        self._f = paths.AppendFile(self.path, binary=True)
         self._write(_event(time.time(), 0, file_version="brain.Event:2"))
 
     def _write(self, record: bytes) -> None:
@@ -102,8 +108,7 @@ class TensorBoardWriter:
 def read_scalars(path: str) -> list[tuple[int, dict[str, float]]]:
     """Parses an event file written by ``TensorBoardWriter`` (for tests and quick inspection)."""
     out = []
-    with open(path, "rb") as f:
-        data = f.read()
+    data = paths.read_bytes(path)
     pos = 0
     while pos < len(data):
         (n,) = struct.unpack_from("<Q", data, pos)
@@ -169,9 +174,9 @@ class MetricsLogger:
         self.enabled = enabled
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+        paths.makedirs(workdir)
+        self._jsonl = paths.AppendFile(paths.join(workdir, "metrics.jsonl"))
+        self._tb = TensorBoardWriter(paths.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:

@@ -9,6 +9,12 @@
   ``i`` of a second job collides with process ``i`` of the first, so every process of the second
   job is refused, and the processes of one job never collide with each other. This needs a
   filesystem with ``flock`` (local disks; NFS emulates it with POSIX locks).
+- **Lock on an object store** (``gs://`` workdir): there is no ``flock``, so the lock is an
+  object created only if absent (GCS ``ifGenerationMatch=0``, ``paths.create_exclusive``). The
+  holder rewrites it every ``HEARTBEAT_S`` seconds and deletes it when it stops. A VM killed
+  outright cannot delete it, so a lock whose heartbeat is older than ``STALE_S`` is taken over
+  with a warning (deleted only if unchanged since it was read, so two new runs cannot both take
+  it): a preempted pod's rerun starts at most ``STALE_S`` after the old run died.
 - **Config.** The first start writes ``<workdir>/config.json``. A rerun whose config differs in a
   field that changes the training is refused with a one-line diff. Fields in ``HARMLESS`` may
   differ (the new values are recorded). ``config.force_new_run=True`` moves the earlier run
@@ -27,12 +33,14 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,10 @@ HARMLESS = (
 # value (what the code did then), so a rerun with it resumes.
 ADDED_FIELDS = {"model.tiny_llm_corpus": "captions"}
 _MAX_SHOWN = 6
+# Object-store locks: the holder refreshes its lock this often; one not refreshed for STALE_S is
+# a dead run's (its VM was killed before it could delete the lock).
+HEARTBEAT_S = 60.0
+STALE_S = 300.0
 
 
 class RunLock:
@@ -91,10 +103,77 @@ class RunLock:
         return False
 
 
+class RemoteRunLock:
+    """This process's lock object on an object store (module docstring), kept fresh by a
+    heartbeat thread; ``release()`` stops it and deletes the object."""
+
+    def __init__(self, path: str, owner: str):
+        self.path, self._owner = path, owner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="workdir-lock")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                paths.write_text(self.path, _lock_text(self._owner))
+            except OSError as e:  # a transient store error: the next beat retries
+                log.warning("could not refresh the workdir lock %s: %s", self.path, e)
+
+    def release(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        try:
+            paths.remove(self.path)
+        except OSError as e:
+            log.warning("could not delete the workdir lock %s: %s", self.path, e)
+
+    def __enter__(self) -> RemoteRunLock:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
+def _lock_text(owner: str) -> str:
+    return json.dumps({"owner": owner, "heartbeat": time.time()})
+
+
+def _remote_lock(path: str, workdir: str) -> RemoteRunLock:
+    owner = (
+        f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    )
+    for _ in range(2):
+        if paths.create_exclusive(path, _lock_text(owner).encode()):
+            return RemoteRunLock(path, owner)
+        gen = paths.generation(path)
+        try:
+            held = json.loads(paths.read_text(path))
+            holder, beat = str(held["owner"]), float(held["heartbeat"])
+        except (OSError, ValueError, KeyError, TypeError):
+            holder, beat = "unknown process", 0.0  # unreadable: only its age can free it
+        age = time.time() - beat
+        if age < STALE_S or gen is None:
+            raise TrainingError(
+                f"--workdir {workdir} is in use by another training run ({holder}, last seen "
+                f"{max(age, 0):.0f}s ago); wait for it to finish or use another --workdir"
+            )
+        if paths.delete_if_unchanged(path, gen):
+            log.warning("took over the lock %s of a run not seen for %.0fs (%s)", path, age, holder)
+    raise TrainingError(f"--workdir {workdir}: another run took its lock {path} meanwhile")
+
+
 def ensure_dir(workdir: str) -> str:
-    """``workdir`` as an absolute path, created if needed; a file or an uncreatable path is a
-    TrainingError naming it."""
-    path = os.path.abspath(os.path.expanduser(workdir))
+    """``workdir`` as an absolute path (or URL), created if needed; a file or an uncreatable path
+    is a TrainingError naming it."""
+    path = paths.abspath(workdir)
+    if paths.is_remote(path):
+        if paths.isfile(path):
+            raise TrainingError(f"--workdir {path} is a file, not a directory")
+        return path
     if os.path.exists(path) and not os.path.isdir(path):
         raise TrainingError(f"--workdir {path} is a file, not a directory")
     try:
@@ -104,9 +183,11 @@ def ensure_dir(workdir: str) -> str:
     return path
 
 
-def lock(workdir: str, process_index: int = 0) -> RunLock:
+def lock(workdir: str, process_index: int = 0) -> RunLock | RemoteRunLock:
     """Takes ``<workdir>/.train.lock.<process_index>`` or raises TrainingError naming the holder."""
-    path = os.path.join(workdir, f".train.lock.{process_index}")
+    path = paths.join(workdir, f".train.lock.{process_index}")
+    if paths.is_remote(path):
+        return _remote_lock(path, workdir)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
@@ -166,25 +247,22 @@ def describe(diff: list[tuple[str, Any, Any]]) -> str:
 
 
 def _write_config(workdir: str, flat_json: str) -> None:
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(flat_json)
-    os.replace(tmp, path)
+    paths.write_text(paths.join(workdir, CONFIG_FILE), flat_json)
 
 
 def _move_aside(workdir: str) -> str:
     """Moves the earlier run's entries into ``earlier_runs/run-<n>``; returns that path."""
-    root = os.path.join(workdir, EARLIER_RUNS)
-    os.makedirs(root, exist_ok=True)
+    root = paths.join(workdir, EARLIER_RUNS)
+    paths.makedirs(root)
     n = 1
-    while os.path.exists(os.path.join(root, f"run-{n}")):
+    while paths.exists(paths.join(root, f"run-{n}")):
         n += 1
-    dest = os.path.join(root, f"run-{n}")
-    os.makedirs(dest)
+    dest = paths.join(root, f"run-{n}")
+    paths.makedirs(dest)
     for name in RUN_ENTRIES:
-        if os.path.lexists(os.path.join(workdir, name)):
-            os.rename(os.path.join(workdir, name), os.path.join(dest, name))
+        src = paths.join(workdir, name)
+        if os.path.lexists(src) if not paths.is_remote(src) else paths.exists(src):
+            paths.move(src, paths.join(dest, name))
     return dest
 
 
@@ -202,13 +280,12 @@ def check_config(
     different config moves its files aside without ``force_new_run``. ``recorded_in_checkpoints``
     gives the config saved with the newest checkpoint (workdirs from before ``config.json``).
     """
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = paths.join(workdir, CONFIG_FILE)
     current = flat_config(c)
     recorded: dict | None = None
-    if os.path.exists(path):
+    if paths.exists(path):
         try:
-            with open(path) as f:
-                recorded = json.load(f)
+            recorded = json.loads(paths.read_text(path))
         except (OSError, ValueError) as e:
             raise ConfigError(
                 f"{path}: unreadable ({e}); it records the config that made this workdir: "
@@ -240,6 +317,7 @@ __all__ = [
     "CONFIG_FILE",
     "EARLIER_RUNS",
     "RunLock",
+    "RemoteRunLock",
     "ensure_dir",
     "lock",
     "check_config",

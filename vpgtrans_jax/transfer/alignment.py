@@ -17,12 +17,12 @@ Pairs come back as int32[N, 2], one row per occurrence (duplicates kept: they ar
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from vpgtrans_jax import paths as path_lib
 from vpgtrans_jax.data.processors import blip_caption
 
 ALIGN_MODES = ("same_length", "shared_tokens")
@@ -50,17 +50,15 @@ def read_captions(paths: Sequence[str], *, process: bool = True) -> list[str]:
 
 
 def _iter_file(path: str) -> Iterator[str]:
-    if not os.path.isfile(path):
+    if not path_lib.isfile(path):  # a file or a URL (gs://)
         raise FileNotFoundError(f"--text file {path!r} does not exist")
     if not path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            yield from (line.rstrip("\n") for line in f)
+        yield from path_lib.read_text(path).splitlines()
         return
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON ({e})") from e
+    try:
+        data = json.loads(path_lib.read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from e
     if not isinstance(data, list):
         raise ValueError(
             f"{path}: expected a JSON list of {{'caption': ...}} objects, got {type(data).__name__}"

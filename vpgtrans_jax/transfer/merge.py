@@ -16,12 +16,12 @@ the converter and its metadata.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.checkpoint import model_dir
 from vpgtrans_jax.checkpoint.convert import model_inputs
 from vpgtrans_jax.checkpoint.hf import llms
@@ -56,8 +56,8 @@ def target_llm_config(target_llm: str) -> Any:
     """Our config of the target LLM directory (a HF LLM, a HF BLIP-2 or a model directory)."""
     if model_dir.is_model_dir(target_llm):
         return model_dir.read_spec(target_llm).llm
-    path = os.path.join(target_llm, "config.json")
-    if not os.path.isfile(path):
+    path = paths.join(target_llm, "config.json")
+    if not paths.isfile(path):
         raise CheckpointError(
             f"{target_llm}: the target LLM has no config.json (pass the HF LLM directory the "
             "word converter was trained for)"
@@ -113,16 +113,16 @@ def merge_projector(
     cfg = spec.vl.replace(llm=tgt_cfg)
     info = {
         "stage": "merge",
-        "source_checkpoint": os.path.abspath(src_checkpoint),
-        "converter": os.path.abspath(converter),
+        "source_checkpoint": paths.abspath(src_checkpoint),
+        "converter": paths.abspath(converter),
         "converter_meta": conv.meta,
         "projector_shape": list(kernel.shape),
     }
     manifest = model_dir.save_model_dir(
         params, out_dir, cfg,
-        sources={"vision": os.path.abspath(src_checkpoint), "llm": os.path.abspath(target_llm)},
+        sources={"vision": paths.abspath(src_checkpoint), "llm": paths.abspath(target_llm)},
         origins={"projector": "merge: source projector ∘ word converter",
-                 **{p: os.path.abspath(src_checkpoint) for p in VPG_PARTS if p != "projector"}},
+                 **{p: paths.abspath(src_checkpoint) for p in VPG_PARTS if p != "projector"}},
         info=info, overwrite=overwrite, created_by="vpgtrans_jax.transfer.merge",
     )  # fmt: skip
     if log:

@@ -24,6 +24,7 @@ converter (or another output of this project's tools) holding nothing else.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.outputs import atomic_output, check_replaceable, check_separate
 from vpgtrans_jax.transfer import alignment
 from vpgtrans_jax.transfer.linear_map import FitConfig, fit_linear_map
@@ -76,23 +78,22 @@ class WordConverter:
 
 def _is_converter_dir(path: str) -> bool:
     """A converter directory written before outputs carried a marker: its two files only."""
-    entries = set(os.listdir(path))
+    entries = set(paths.listdir(path))
     return META_FILE in entries and entries <= {META_FILE, WEIGHTS_FILE}
 
 
 def load_converter(path: str) -> WordConverter:
     """Reads a converter directory written by ``WordConverter.save``; checks shapes and format."""
-    meta_path, weights_path = os.path.join(path, META_FILE), os.path.join(path, WEIGHTS_FILE)
+    meta_path, weights_path = paths.join(path, META_FILE), paths.join(path, WEIGHTS_FILE)
     for p in (meta_path, weights_path):
-        if not os.path.isfile(p):
+        if not paths.isfile(p):
             raise FileNotFoundError(f"{path}: not a word converter directory ({p} is missing)")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = json.loads(paths.read_text(meta_path))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("version") != VERSION:
         raise ValueError(f"{meta_path}: version {meta.get('version')!r}, expected {VERSION}")
-    with np.load(weights_path) as z:
+    with np.load(io.BytesIO(paths.read_bytes(weights_path))) as z:
         if set(z.files) != {"kernel", "bias"}:
             raise ValueError(f"{weights_path}: expected arrays kernel, bias; found {z.files}")
         kernel, bias = z["kernel"].astype(np.float32), z["bias"].astype(np.float32)
@@ -173,8 +174,8 @@ def build_word_converter(
     held_text = "n/a" if held is None else f"{held:.4f} over {m['heldout_pairs']} distinct pairs"
     say(f"train cosine {m['train_cosine']:.4f}, held-out cosine {held_text}")
     meta = {
-        "src_llm": os.path.abspath(src_llm),
-        "tgt_llm": os.path.abspath(tgt_llm),
+        "src_llm": paths.abspath(src_llm),
+        "tgt_llm": paths.abspath(tgt_llm),
         "src_llm_type": src.llm_type,
         "tgt_llm_type": tgt.llm_type,
         "src_project_in_folded": src.project_in is not None,
