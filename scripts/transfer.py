@@ -7,6 +7,7 @@
       --config.source.checkpoint=/ckpt/blip2-opt-2.7b --config.target.llm=/ckpt/opt-6.7b \\
       --config.data.coco_ann=... (see the config's docstring)
 
+--workdir may be a gs:// URL (workdir and report in a bucket; input directories may be URLs too).
 Every step is skipped when its output exists in --workdir, so rerunning the same command resumes
 an interrupted transfer (training resumes from its checkpoints; SIGTERM / Ctrl-C stop a stage at a
 step boundary). Writes WORKDIR/report.md and WORKDIR/report.json after each step; configs with
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vpgtrans_jax import cli  # noqa: E402
+from vpgtrans_jax import cli, paths  # noqa: E402
 from vpgtrans_jax.transfer.experiment import run_experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> int:
     report = run_experiment(
         _CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value, progress=_PROGRESS.value
     )
-    print(f"report: {os.path.join(report['workdir'], 'report.md')}")
+    print(f"report: {paths.join(report['workdir'], 'report.md')}")
     return 0 if report["complete"] else 3
 
 

@@ -1,9 +1,14 @@
-"""Runs ``gcp-storage-emulator`` (a GCS JSON-API server) with the one GCS rule it lacks.
+"""Runs ``gcp-storage-emulator`` (a GCS JSON-API server) with the two GCS rules it lacks.
 
-The emulator ignores the ``ifGenerationMatch`` precondition; the workdir lock on ``gs://`` relies
-on it (create only if absent: ``ifGenerationMatch=0``; delete only if unchanged). This launcher
-adds exactly that to the emulator's upload and delete handlers, answering HTTP 412 as GCS does,
-then starts the stock server: ``python tests/gcs_emulator.py --port=P --default-bucket=B``.
+- The emulator ignores the ``ifGenerationMatch`` precondition; the workdir lock on ``gs://``
+  relies on it (create only if absent: ``ifGenerationMatch=0``; delete only if unchanged). This
+  launcher adds exactly that to the emulator's upload and delete handlers, answering HTTP 412 as
+  GCS does.
+- Its media downloads lack the ``x-goog-generation`` header GCS sends; tensorstore needs it to
+  read back an object it rewrites conditionally (an Orbax OCDBT manifest updated by a second
+  commit: a checkpoint with many arrays), and fails with "Malformed StorageGeneration" without.
+
+Then it starts the stock server: ``python tests/gcs_emulator.py --port=P --default-bucket=B``.
 """
 
 from __future__ import annotations
@@ -51,10 +56,26 @@ def _precondition(handler):
     return checked
 
 
+def _with_generation(handler):
+    def download(request, response, storage, *args, **kwargs):
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        except (KeyError, NotFound):
+            obj = {}
+        for key in ("generation", "metageneration"):
+            if obj.get(key) is not None:
+                response[f"x-goog-{key}"] = str(obj[key])
+        return handler(request, response, storage, *args, **kwargs)
+
+    return download
+
+
 def _patch_handlers() -> None:
     wrapped = {objects.insert: _precondition(objects.insert),
-               objects.delete: _precondition(objects.delete)}  # fmt: skip
-    objects.insert = wrapped[objects.insert]  # the server's fallback route looks it up late
+               objects.delete: _precondition(objects.delete),
+               objects.download: _with_generation(objects.download)}  # fmt: skip
+    # The server's fallback route looks insert up late; objects.get calls download by name.
+    objects.insert, objects.download = wrapped[objects.insert], wrapped[objects.download]
     server.HANDLERS = tuple(
         (pattern, {m: wrapped.get(h, h) for m, h in methods.items()})
         for pattern, methods in server.HANDLERS

@@ -1,6 +1,7 @@
 """``gs://`` everywhere, against a GCS JSON-API server on 127.0.0.1 (``tests/gcs_util.py``):
 the object-store primitives, a stage-1 run in a bucket (SIGTERM, CLI rerun resumes bit-exactly,
-its export loads from the bucket), a conversion into a bucket, and data read from a bucket."""
+its export loads from the bucket), a conversion into a bucket, data read from a bucket, and the
+one-command transfer with its workdir, inputs and report in a bucket."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from vpgtrans_jax.train import checkpointing, loop
 from vpgtrans_jax.train import step as step_lib
 from vpgtrans_jax.train import workdir as workdir_lib
 from vpgtrans_jax.train.metrics_writer import read_scalars
+from vpgtrans_jax.transfer import figures, pipeline
+from vpgtrans_jax.transfer.config_io import load_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny stage-1 run of these tests, as config overrides (the CLI rerun passes the same).
@@ -123,6 +126,12 @@ def test_object_store_primitives(bucket):
     log.close()
     assert paths.read_text(f"{bucket}/prim/log") == "one\ntwo\n"
     assert paths.glob(f"{bucket}/prim/*/sub/*.json") == [f"{bucket}/prim/out/sub/x.json"]
+    # Links between files of one output (the reports' figure and seed links).
+    assert paths.relpath(f"{bucket}/w/figures/a.png", f"{bucket}/w/") == "figures/a.png"
+    assert (
+        paths.relpath(f"{bucket}/w/seed_1/report.md", f"{bucket}/w/seed_2") == "../seed_1/report.md"
+    )
+    assert paths.relpath("gs://elsewhere/a.png", f"{bucket}/w") == "gs://elsewhere/a.png"
 
 
 def test_outputs_in_a_bucket_follow_the_local_replace_rules(bucket):
@@ -274,3 +283,106 @@ def test_data_sources_read_from_a_bucket(bucket, synthetic_dir, tmp_path):
     assert len(shards) == 3 and all(s.startswith(f"{bucket}/data/ar/caption-") for s in shards)
     arrays = make_source("arrayrecord", paths=f"{bucket}/data/ar/caption-*.array_record")
     assert len(arrays) == len(local) and arrays[7]["text"] == local[7]["text"]
+
+
+# The tiny transfer, as short as its configs allow (source VL model 10 steps, stage 1 4 steps,
+# 4 evaluated images; stage 2 is planned, not run), as command-line overrides.
+TRANSFER_OVERRIDES = {
+    "tiny.source_override.num_steps": 10,
+    "stages.stage1.override.num_steps": 4,
+    "stages.stage2.override.num_steps": 10,
+    "converter.epochs": 4,
+    "eval.tasks.coco_caption.override.limit": 4,
+    "eval.tasks.coco_caption.override.batch_size": 4,
+}
+
+
+def _transfer_config():
+    c = load_config_file("configs/transfer_tiny.py", what="test")
+    for key, value in TRANSFER_OVERRIDES.items():
+        node = c
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def test_transfer_in_a_bucket_resumes(bucket):
+    """``scripts/transfer.py --workdir=gs://...``: the assets (the inputs: source model, both
+    LLM directories), every step's output, the records and the report land in the bucket; the
+    stage export loads from it; a rerun skips what finished and redoes an unfinished upload."""
+    run = f"{bucket}/transfer"
+    done = run_script(
+        "scripts/transfer.py",
+        f"--config={os.path.join(REPO, 'configs', 'transfer_tiny.py')}",
+        f"--workdir={run}/",
+        "--stop_after=eval_stage1_coco_caption",
+        "--noprogress",
+        *[f"--config.{k}={v}" for k, v in TRANSFER_OVERRIDES.items()],
+    )
+    assert done.returncode == 3, done.stderr[-3000:]  # stopped before the end, as asked
+    assert f"report: {run}/report.md" in done.stdout
+
+    report = json.loads(paths.read_text(f"{run}/report.json"))
+    assert report["workdir"] == run and not report["complete"]
+    assert report["source"] == {
+        "checkpoint": f"{run}/assets/source_vl/export",
+        "llm": f"{run}/assets/src_llm",
+    }
+    state = {s["name"]: s["state"] for s in report["steps"]}
+    assert state == {
+        "assets": "done",
+        "converter": "done",
+        "merge": "done",
+        "stage1": "done",
+        "eval_stage1_coco_caption": "done",
+        "stage2": "pending",
+        "eval_stage2_coco_caption": "pending",
+    }
+    records = paths.listdir(f"{run}/records")
+    for name in ("assets", "converter", "merge", "stage1", "eval_stage1_coco_caption"):
+        assert f"{name}.json" in records
+        assert json.loads(paths.read_text(f"{run}/records/{name}.json"))["name"] == name
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["stage1"]["training"]["steps"] == 4
+    ev = stages["stage1"]["eval"]["coco_caption"]
+    assert ev["num_samples"] == 4 and ev["headline"][0] == "CIDEr"
+    assert paths.exists(f"{run}/eval/stage1/coco_caption/predictions_coco_caption.json")
+    md = paths.read_text(f"{run}/report.md")
+    assert f"- workdir: `{run}`" in md and "| stage1 | 4 | 64 |" in md
+    # The merged model references its inputs in the bucket; the export loads from there.
+    manifest = model_dir.read_manifest(f"{run}/init")
+    assert manifest["parts"]["llm"]["source"]["path"] == f"{run}/assets/tgt_llm"
+    assert model_dir.read_manifest(f"{run}/stage1/export")["config"]["llm_type"] == "llama"
+    kernel = np.asarray(vpgtrans_jax.load(f"{run}/stage1/export").projector.kernel[...])
+    assert kernel.shape[-1] == 96 and np.all(np.isfinite(kernel))  # the target LLM's width
+
+    # A merge whose upload was cut short (its in-progress marker left behind) is redone; the
+    # finished steps are skipped, the rest stays where the first run stopped.
+    paths.write_text(f"{run}/init/{paths.IN_PROGRESS}", "being written\n")
+    stage1_record = paths.read_text(f"{run}/records/stage1.json")
+    again = pipeline.run_transfer(
+        _transfer_config(), run, stop_after="eval_stage1_coco_caption", progress=False
+    )
+    this_run = {s["name"]: s["this_run"] for s in again["steps"]}
+    assert this_run == {
+        "assets": "skipped",
+        "converter": "skipped",
+        "merge": "ran",
+        "stage1": "skipped",
+        "eval_stage1_coco_caption": "skipped",
+        "stage2": "not reached",
+        "eval_stage2_coco_caption": "not reached",
+    }
+    assert not paths.exists(f"{run}/init/{paths.IN_PROGRESS}")
+    assert paths.read_text(f"{run}/records/stage1.json") == stage1_record
+    assert json.loads(paths.read_text(f"{run}/report.json"))["stages"] == report["stages"]
+
+
+def test_report_figure_into_a_bucket(bucket):
+    data = {"vpgtrans": {"epoch": [0, 1], "flops": [0.0, 1e9], "mean": [1.0, 2.0],
+                         "min": [1.0, 2.0], "max": [1.0, 2.0], "n": [1, 1]}}  # fmt: skip
+    out = figures.plot_task(data, f"{bucket}/figs/coco.png", title="t", metric="CIDEr")
+    assert out == f"{bucket}/figs/coco.png"
+    assert paths.read_bytes(out)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -88,6 +88,23 @@ def basename(path: str) -> str:
     return posixpath.basename(path.rstrip("/")) if is_remote(path) else os.path.basename(path)
 
 
+def relpath(path: str, start: str) -> str:
+    """``path`` relative to the directory ``start`` (for links between files of one output).
+
+    Two URLs in the same bucket are related by their keys (``/``-separated); a URL and a file
+    path, or URLs in different buckets, have no relative path: ``path`` is returned whole.
+    """
+    if not is_remote(path) and not is_remote(start):
+        return os.path.relpath(path, start)
+    here, there = abspath(path).split("://", 1), abspath(start).split("://", 1)
+    if len(here) != 2 or len(there) != 2 or here[0] != there[0]:
+        return path
+    (bucket, _, key), (start_bucket, _, start_key) = here[1].partition("/"), there[1].partition("/")
+    if bucket != start_bucket:
+        return path
+    return posixpath.relpath("/" + key, "/" + start_key)
+
+
 def exists(path: str) -> bool:
     if is_remote(path):
         fs, key = _fs(path)
@@ -457,6 +474,7 @@ __all__ = [
     "read_bytes",
     "read_range",
     "read_text",
+    "relpath",
     "remove",
     "rmtree",
     "staged_output",

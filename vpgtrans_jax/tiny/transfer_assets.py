@@ -15,12 +15,12 @@ Each piece appears atomically, so an interrupted build resumes where it stopped.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
+from vpgtrans_jax import paths as path_lib
 from vpgtrans_jax.checkpoint import model_dir
 from vpgtrans_jax.checkpoint.convert import llm_to_hf
 from vpgtrans_jax.tiny.prepare import prepare
@@ -37,7 +37,8 @@ def ensure_tiny_assets(
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, str]:
-    """Builds (or finds) the tiny transfer inputs under ``out_dir``.
+    """Builds (or finds) the tiny transfer inputs under ``out_dir`` (a directory or a URL; the
+    synthetic data and the pretraining caches stay on local disk).
 
     Args:
       source_stage: a random-init tiny stage config (``configs/tiny_*.py``): its LLM arch is the
@@ -60,21 +61,21 @@ def ensure_tiny_assets(
     prepare(source_stage)  # the synthetic data and the source LLM (cached)
     synthetic, tokenizer = source_stage.data.synthetic_dir, source_stage.data.tokenizer
     paths = {
-        "source_checkpoint": os.path.join(out_dir, "source_vl", "export"),
-        "source_llm": os.path.join(out_dir, "src_llm"),
-        "target_llm": os.path.join(out_dir, "tgt_llm"),
+        "source_checkpoint": path_lib.join(out_dir, "source_vl", "export"),
+        "source_llm": path_lib.join(out_dir, "src_llm"),
+        "target_llm": path_lib.join(out_dir, "tgt_llm"),
         "synthetic_dir": synthetic,
         "tokenizer": tokenizer,
     }
     for key, stage in (("source_llm", source_stage), ("target_llm", tgt_stage)):
-        if not os.path.isfile(os.path.join(paths[key], "config.json")):
+        if not path_lib.isfile(path_lib.join(paths[key], "config.json")):
             log(f"tiny transfer: pretraining the {key.replace('_', ' ')} ({stage.model.llm_type})")
             prepare(stage)
             llm_to_hf(stage.model.llm_init, paths[key], tokenizer_dir=tokenizer, overwrite=True)
     if not model_dir.is_model_dir(paths["source_checkpoint"]):
         log("tiny transfer: training the source VL model")
         summary = (train_fn or train)(
-            source_stage, os.path.dirname(paths["source_checkpoint"]), progress=progress
+            source_stage, path_lib.dirname(paths["source_checkpoint"]), progress=progress
         )
         if summary.get("export") is None:
             raise RuntimeError(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
@@ -12,7 +11,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from vpgtrans_jax import sharding
+from vpgtrans_jax import paths, sharding
 from vpgtrans_jax.checkpoint import model_dir
 from vpgtrans_jax.checkpoint.fill import abstract, expected_params, fill_abstract
 from vpgtrans_jax.checkpoint.load import load
@@ -138,7 +137,7 @@ def build_model(c: ml_collections.ConfigDict, mesh: Mesh) -> tuple[VLModel, dict
         sharding.shard_model(model, mesh, rules)
         if c.model.llm_init:
             apply_llm_init(model, c.model.llm_init, mesh, rules)
-            source["llm"] = os.path.abspath(c.model.llm_init)
+            source["llm"] = paths.abspath(c.model.llm_init)
     else:
         model = load(
             c.model.path,
@@ -148,9 +147,9 @@ def build_model(c: ml_collections.ConfigDict, mesh: Mesh) -> tuple[VLModel, dict
             qformer=_knobs(c, "qformer"),
             llm=_knobs(c, "llm"),
         )
-        source = {"init": "pretrained", "path": os.path.abspath(c.model.path)}
+        source = {"init": "pretrained", "path": paths.abspath(c.model.path)}
     if c.model.vpg_init:
         replaced = apply_vpg_init(model, c.model.vpg_init, mesh, rules)
-        source["vpg_init"] = {"path": os.path.abspath(c.model.vpg_init), "modules": replaced}
+        source["vpg_init"] = {"path": paths.abspath(c.model.vpg_init), "modules": replaced}
         log.info("initialised %s from %s", ", ".join(replaced), c.model.vpg_init)
     return model, source

@@ -14,10 +14,10 @@ stage 2 (``transfer.pipeline``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.checkpoint import model_dir
 from vpgtrans_jax.models.parts import VPG_PARTS
 from vpgtrans_jax.train.builder import random_vpg
@@ -53,11 +53,11 @@ def write_arm_init(
     cfg = spec.vl.replace(llm=target_llm_config(target_llm))
     params = {k: v for k, v in random_vpg(cfg, seed).items() if k.split(".", 1)[0] not in keep}
     params.update({k: v for k, v in flat.items() if k.split(".", 1)[0] in keep})
-    src = os.path.abspath(source_checkpoint)
+    src = paths.abspath(source_checkpoint)
     origins = {p: (src if p in keep else f"random (seed {seed})") for p in VPG_PARTS}
     manifest = model_dir.save_model_dir(
         params, out_dir, cfg,
-        sources={"vision": src, "llm": os.path.abspath(target_llm)},
+        sources={"vision": src, "llm": paths.abspath(target_llm)},
         origins=origins,
         info={"stage": "baseline init", "arm": arm, "seed": seed, "source_checkpoint": src},
         overwrite=True,  # a half-finished earlier attempt of this very step

@@ -25,6 +25,7 @@ from typing import Any
 
 import ml_collections
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.checkpoint.sources import read_json
 from vpgtrans_jax.tiny.micro_assets import MARKER as MICRO_MARKER
 from vpgtrans_jax.transfer import figures as figs
@@ -85,18 +86,18 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Runs (or resumes) the transfer of ``cfg`` for each of its seeds; returns the report."""
     c = resolve(cfg)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = paths.abspath(workdir)  # a directory or a URL (gs://...)
     t0, c0, load0 = time.time(), cpu_time(), os.getloadavg()
     if not c.seeds:
         report = TransferPipeline(c, workdir, progress=progress, log=log).run(stop_after)
         log(_timing_line(time.time() - t0, cpu_time() - c0))
         return report
     seeds = [int(s) for s in c.seeds]
-    assets = os.path.join(workdir, "assets")
+    assets = paths.join(workdir, "assets")
     pipes = {
         s: TransferPipeline(
             seed_config(c, s, assets, i == 0),
-            os.path.join(workdir, f"seed_{s}"),
+            paths.join(workdir, f"seed_{s}"),
             progress=progress,
             log=log,
         )
@@ -185,8 +186,8 @@ def build(
 ) -> dict[str, Any]:
     """The experiment report from the seeds' reports."""
     first = next(iter(pipes.values()))
-    assets_path = os.path.join(first.assets_dir, MICRO_MARKER) if first.micro else None
-    assets = read_json(assets_path) if assets_path and os.path.isfile(assets_path) else None
+    assets_path = paths.join(first.assets_dir, MICRO_MARKER) if first.micro else None
+    assets = read_json(assets_path) if assets_path and paths.isfile(assets_path) else None
     curves = {s: r["curves"] for s, r in reports.items() if r.get("curves")}
     comps = {str(s): reports[s]["comparison"] for s in curves if reports[s].get("comparison")}
     comparison = speedup.json_safe(speedup.aggregate(comps)) if comps else None
@@ -207,7 +208,7 @@ def build(
         "stopped": stopped,
         "quick": bool(c.quick),
         "seeds": [int(s) for s in c.seeds],
-        "seed_reports": {str(s): os.path.join(p.workdir, "report.md") for s, p in pipes.items()},
+        "seed_reports": {str(s): paths.join(p.workdir, "report.md") for s, p in pipes.items()},
         "assets": _assets_summary(assets),
         "source_eval": source_eval,
         "converter": {
@@ -336,17 +337,15 @@ def observations(r: Mapping[str, Any]) -> list[str]:
 
 
 def write(report: dict[str, Any], workdir: str, figures: bool) -> None:
-    """``report.json``, ``report.md`` and (with ``figures``) ``figures/<task>.png``."""
+    """``report.json``, ``report.md`` and (with ``figures``) ``figures/<task>.png``, each
+    written whole (renamed into place on disk, one object PUT in a bucket)."""
     if figures and report["curves"]:
-        report["figures"] = draw(report, os.path.join(workdir, "figures"))
+        report["figures"] = draw(report, paths.join(workdir, "figures"))
     for name, text in (
         ("report.json", json.dumps(report, indent=1, default=str)),
         ("report.md", render_markdown(report)),
     ):
-        path = os.path.join(workdir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        paths.write_text(paths.join(workdir, name), text)
 
 
 def draw(report: Mapping[str, Any], out_dir: str) -> dict[str, str]:
@@ -364,7 +363,7 @@ def draw(report: Mapping[str, Any], out_dir: str) -> dict[str, str]:
         n = len(runs)
         out[task] = figs.plot_task(
             data,
-            os.path.join(out_dir, f"{task}.png"),
+            paths.join(out_dir, f"{task}.png"),
             title=f"{report['name']}: {task} ({metric}), "
             + (f"{n} seeds: mean and min–max" if n > 1 else "1 seed"),
             metric=metric,
@@ -392,7 +391,7 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         + ("" if r["complete"] else f"; **incomplete** ({r['stopped']})"),
         "- per-seed reports: "
         + ", ".join(
-            f"[seed {s}]({os.path.relpath(p, r['workdir'])})" for s, p in r["seed_reports"].items()
+            f"[seed {s}]({paths.relpath(p, r['workdir'])})" for s, p in r["seed_reports"].items()
         ),  # fmt: skip
     ]
     a = r.get("assets")
@@ -454,7 +453,7 @@ def render_markdown(r: Mapping[str, Any]) -> str:
                     f"{_v(b['mean'])} ({_v(b['min'])}–{_v(b['max'])}) |"
                 )
         for task, path in r["figures"].items():
-            lines += ["", f"![{task}]({os.path.relpath(path, r['workdir'])})"]
+            lines += ["", f"![{task}]({paths.relpath(path, r['workdir'])})"]
     t = r.get("targets") or {}
     if t:
         lines += ["", "## Targets (issue 13; measured, not asserted)", ""]

@@ -9,10 +9,13 @@ the min–max range.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from vpgtrans_jax import paths
 
 LABELS = {"vpgtrans": "VPGTrans", "tfs": "TFS (VPG from scratch)", "inherit": "VPG inherit"}
 COLORS = {"vpgtrans": "#d62728", "tfs": "#1f77b4", "inherit": "#2ca02c"}
@@ -63,7 +66,7 @@ def plot_task(
     notes: Sequence[str] = (),
     best_label: str = "TFS best",
 ) -> str:
-    """Draws one metric's two panels into ``out_path`` (PNG); returns the path.
+    """Draws one metric's two panels into ``out_path`` (PNG, a file or a URL); returns the path.
 
     Args:
       data: ``series(...)`` output.
@@ -99,6 +102,13 @@ def plot_task(
     fig.tight_layout(rect=(0, 0.05 * len(notes) / (1 + 0.05 * len(notes)), 1, 1))
     if notes:
         fig.text(0.01, 0.01, "\n".join(notes), ha="left", va="bottom", fontsize=9)
+    if paths.is_remote(out_path):  # drawn locally, then uploaded as one object
+        with tempfile.TemporaryDirectory(prefix="vpgtrans-figure-") as tmp:
+            local = os.path.join(tmp, "figure.png")
+            fig.savefig(local)
+            plt.close(fig)
+            paths.copy_file(local, out_path)
+        return out_path
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     fig.savefig(out_path + ".tmp.png")
     plt.close(fig)

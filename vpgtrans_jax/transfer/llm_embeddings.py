@@ -17,11 +17,11 @@ callers can take either. Supported directories: OPT and LLaMA-family (``llama``,
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import numpy as np
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.checkpoint.hf import blip2, llms
 from vpgtrans_jax.checkpoint.sources import open_hf_weights, read_json
 from vpgtrans_jax.data import text
@@ -95,11 +95,11 @@ def read_input_embeddings(path: str) -> LLMEmbeddings:
     """Reads ``embed_tokens`` (and OPT's ``project_in``) from a HF LLM or BLIP-2 directory.
 
     Only these tensors are read from disk, so a 7B checkpoint costs one vocabulary-sized table of
-    memory.
+    memory. A ``gs://`` directory is read from a local copy (``paths.local_copy``).
     """
-    if not os.path.isdir(path):
+    if not paths.isdir(path):
         raise CheckpointError(f"{path}: not a directory (expected a Hugging Face LLM directory)")
-    config_path = os.path.join(path, "config.json")
+    config_path = paths.join(path, "config.json")
     llm_type, cfg, prefix = llm_config_of(read_json(config_path), config_path)
     ckpt = open_hf_weights(path)
     keys = ckpt.keys()

@@ -17,6 +17,11 @@ Workdir layout (each step is skipped when its output exists, so a rerun resumes)
     report.json, report.md  rewritten after every step
     figures/                config.baselines: score vs epochs / FLOPs per arm (at the end)
 
+The workdir (and the input directories of a real-size config) may be ``gs://`` URLs: every path
+goes through ``vpgtrans_jax.paths``; records and reports are written whole (one object PUT), and
+a directory output counts as done only once its upload finished (``TransferPipeline.done``).
+Tiny assets may live in the bucket too; the micro assets need a local ``tiny.assets_dir``.
+
 Training resumes from its own checkpoints inside ``stageN/`` (``train.loop.train``); a SIGTERM
 stops the stage at a step boundary, the report is written, and the next run continues.
 """
@@ -26,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import resource
 import time
 from collections.abc import Callable
@@ -34,7 +38,7 @@ from typing import Any
 
 import ml_collections
 
-from vpgtrans_jax import tiny
+from vpgtrans_jax import paths, tiny
 from vpgtrans_jax.checkpoint.hf import blip2, llms
 from vpgtrans_jax.checkpoint.model_dir import read_config
 from vpgtrans_jax.checkpoint.sources import read_json
@@ -74,8 +78,8 @@ class Step:
 
 def _llm_type(llm_dir: str) -> str | None:
     """The family name of a HF LLM (or BLIP-2) directory's LLM; None when unreadable."""
-    path = os.path.join(llm_dir, "config.json")
-    if not os.path.isfile(path):
+    path = paths.join(llm_dir, "config.json")
+    if not paths.isfile(path):
         return None
     cfg = read_json(path)
     if blip2.is_blip2(cfg):
@@ -97,8 +101,8 @@ class TransferPipeline:
         log: Callable[[str], None] = print,
     ):
         self.cfg, self.progress, self.log = cfg, progress, log
-        self.workdir = os.path.abspath(os.path.expanduser(workdir))
-        self.records_dir = os.path.join(self.workdir, "records")
+        self.workdir = paths.abspath(workdir)  # a directory or a URL (gs://...)
+        self.records_dir = paths.join(self.workdir, "records")
         self._resolve_inputs()
         self.stage_configs = self._stage_configs()
         self.eval_configs = self._eval_configs()
@@ -114,17 +118,22 @@ class TransferPipeline:
         if self.tiny:
             self.tiny_source = config_io.load_config_file(c.tiny.source_stage, what="tiny")
             config_io.apply_overrides(self.tiny_source, c.tiny.source_override, what="tiny")
-            assets = c.tiny.assets_dir or os.path.join(self.workdir, "assets")
-            self.assets_dir = os.path.abspath(os.path.expanduser(assets))
+            assets = c.tiny.assets_dir or paths.join(self.workdir, "assets")
+            self.assets_dir = paths.abspath(assets)
+            if self.micro and paths.is_remote(self.assets_dir):
+                raise ValueError(
+                    f"config.tiny.assets_dir: the micro assets ({self.assets_dir}) are built and "
+                    "read on local disk; set --config.tiny.assets_dir=/a/local/directory"
+                )
             if self.micro:  # the micro world and models live with the other assets
                 synthetic = asset_paths(self.assets_dir)["synthetic_dir"]
                 verify_assets(self.assets_dir, c.tiny.micro, self.tiny_source)
             else:
-                synthetic = os.path.abspath(os.path.expanduser(self.tiny_source.data.synthetic_dir))
+                synthetic = paths.abspath(self.tiny_source.data.synthetic_dir)
             self.places.update(synthetic_dir=synthetic, assets_dir=self.assets_dir)
-            self.source_checkpoint = os.path.join(self.assets_dir, "source_vl", "export")
-            self.source_llm = os.path.join(self.assets_dir, "src_llm")
-            self.target_llm = os.path.join(self.assets_dir, "tgt_llm")
+            self.source_checkpoint = paths.join(self.assets_dir, "source_vl", "export")
+            self.source_llm = paths.join(self.assets_dir, "src_llm")
+            self.target_llm = paths.join(self.assets_dir, "tgt_llm")
         else:
             missing = [
                 f"config.{k}"
@@ -135,18 +144,18 @@ class TransferPipeline:
                 if v in ("", REQUIRED)
             ]
             if missing:
-                raise ValueError(f"{', '.join(missing)}: required (a directory on disk)")
-            self.source_checkpoint = os.path.abspath(os.path.expanduser(c.source.checkpoint))
-            self.source_llm = os.path.abspath(
-                os.path.expanduser(c.source.llm or c.source.checkpoint)
-            )
-            self.target_llm = os.path.abspath(os.path.expanduser(c.target.llm))
+                raise ValueError(
+                    f"{', '.join(missing)}: required (a directory on disk or a gs:// URL)"
+                )
+            self.source_checkpoint = paths.abspath(c.source.checkpoint)
+            self.source_llm = paths.abspath(c.source.llm or c.source.checkpoint)
+            self.target_llm = paths.abspath(c.target.llm)
             for key, path in (
                 ("source.checkpoint", self.source_checkpoint),
                 ("source.llm", self.source_llm),
                 ("target.llm", self.target_llm),
             ):
-                if not os.path.isdir(path):
+                if not paths.isdir(path):
                     raise ValueError(f"config.{key}: {path!r} is not a directory")
         texts = [self._sub(t) for t in c.converter.text]
         bad = [t for t in texts if t == REQUIRED or not t]
@@ -158,11 +167,11 @@ class TransferPipeline:
         if unknown or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"config.baselines={c.baselines!r}: expected distinct names of {ARMS}")
         self.dirs = {
-            "converter": os.path.join(self.workdir, "converter"),
-            "init": os.path.join(self.workdir, "init"),
-            **{s: os.path.join(self.workdir, s) for s in STAGES},
-            **{a: os.path.join(self.workdir, a) for a in self.arms},
-            **{f"{a}_init": os.path.join(self.workdir, f"{a}_init") for a in self.arms},
+            "converter": paths.join(self.workdir, "converter"),
+            "init": paths.join(self.workdir, "init"),
+            **{s: paths.join(self.workdir, s) for s in STAGES},
+            **{a: paths.join(self.workdir, a) for a in self.arms},
+            **{f"{a}_init": paths.join(self.workdir, f"{a}_init") for a in self.arms},
         }
 
     def _sub(self, value: Any) -> Any:
@@ -190,7 +199,7 @@ class TransferPipeline:
         units, prev = [], ""
         for name in stages:
             spec = self.cfg.stages[name]
-            vpg_init = os.path.join(prev, "export") if prev else ""
+            vpg_init = paths.join(prev, "export") if prev else ""
             units.append((name, spec.config, [spec.override], self.dirs["init"], vpg_init))
             prev = self.dirs[name]
         base = self.cfg.baseline
@@ -288,14 +297,14 @@ class TransferPipeline:
         info = self.point_info[point]
         if info["epoch"] is not None:
             return epoch_export_dir(self.dirs[info["unit"]], info["epoch"]), self.target_llm
-        return os.path.join(self.dirs[point], "export"), self.target_llm
+        return paths.join(self.dirs[point], "export"), self.target_llm
 
     # ---- the plan -------------------------------------------------------------------------------
 
     def _plan(self) -> list[Step]:
         steps: list[Step] = []
         if self.micro:
-            marker = os.path.join(self.assets_dir, MICRO_MARKER)
+            marker = paths.join(self.assets_dir, MICRO_MARKER)
             steps.append(Step("assets", "assets", marker, self._run_assets))
         elif self.tiny:
             steps.append(Step("assets", "assets", self.source_checkpoint, self._run_assets))
@@ -303,13 +312,13 @@ class TransferPipeline:
             Step(
                 "converter",
                 "converter",
-                os.path.join(self.dirs["converter"], "converter.json"),
+                paths.join(self.dirs["converter"], "converter.json"),
                 self._run_converter,
             ),
             Step(
                 "merge",
                 "merge",
-                os.path.join(self.dirs["init"], "vpgtrans_model.json"),
+                paths.join(self.dirs["init"], "vpgtrans_model.json"),
                 self._run_merge,
                 stage="init",
             ),
@@ -319,11 +328,11 @@ class TransferPipeline:
             units += [f"{arm}_init", arm]
         for unit in units:
             if unit.endswith("_init") and unit != "init":
-                out = os.path.join(self.dirs[unit], "vpgtrans_model.json")
+                out = paths.join(self.dirs[unit], "vpgtrans_model.json")
                 steps.append(Step(unit, "init", out, lambda u=unit: self._run_arm_init(u),
                                   stage=unit))  # fmt: skip
             if unit in STAGES or unit in ARMS:
-                out = os.path.join(self.dirs[unit], "export", "vpgtrans_model.json")
+                out = paths.join(self.dirs[unit], "export", "vpgtrans_model.json")
                 steps.append(
                     Step(unit, "train", out, lambda p=unit: self._run_stage(p), stage=unit)
                 )
@@ -334,7 +343,7 @@ class TransferPipeline:
                         Step(
                             name,
                             "eval",
-                            os.path.join(self.records_dir, name + ".json"),
+                            paths.join(self.records_dir, name + ".json"),
                             lambda p=p, t=task: self._run_eval(p, t),
                             stage=p,
                             task=task,
@@ -349,11 +358,11 @@ class TransferPipeline:
         names = [s.name for s in self.steps]
         if stop_after and stop_after not in names:
             raise ValueError(f"stop_after={stop_after!r}: not a step of this transfer ({names})")
-        os.makedirs(self.records_dir, exist_ok=True)
+        paths.makedirs(self.records_dir)
         this_run: dict[str, str] = {}
         try:
             for step in self.steps:
-                if os.path.exists(step.output):
+                if self.done(step):
                     this_run[step.name] = "skipped"
                     self.log(f"[transfer] {step.name}: output exists ({step.output}), skipped")
                 else:
@@ -374,9 +383,21 @@ class TransferPipeline:
             return self.report(this_run, stopped=str(e), final=True)
         return self.report(this_run, final=True)
 
+    def done(self, step: Step) -> bool:
+        """Whether ``step``'s output exists. In a bucket a directory output is uploaded file by
+        file under an in-progress marker (``paths.staged_output``): it counts once the marker
+        is gone, so a crash mid-upload reruns the step instead of skipping it."""
+        if not paths.exists(step.output):
+            return False
+        if not paths.is_remote(step.output) or step.kind == "eval":  # records: one object
+            return True
+        # The tiny assets' output is the source model's directory; the others are files in one.
+        folder = step.output if step.kind == "assets" else paths.dirname(step.output)
+        return not paths.exists(paths.join(folder, paths.IN_PROGRESS))
+
     def record(self, name: str) -> dict[str, Any] | None:
-        path = os.path.join(self.records_dir, name + ".json")
-        return read_json(path) if os.path.isfile(path) else None
+        path = paths.join(self.records_dir, name + ".json")
+        return read_json(path) if paths.isfile(path) else None
 
     def _write_record(self, step: Step, facts: dict[str, Any]) -> None:
         rec = {
@@ -386,11 +407,9 @@ class TransferPipeline:
             **facts,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        path = os.path.join(self.records_dir, step.name + ".json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rec, f, indent=1, default=str)
-        os.replace(tmp, path)
+        # Whole: a temporary file renamed on disk, one object PUT in a bucket.
+        path = paths.join(self.records_dir, step.name + ".json")
+        paths.write_text(path, json.dumps(rec, indent=1, default=str))
 
     def report(
         self, this_run: dict[str, str], stopped: str | None = None, final: bool = False
@@ -431,8 +450,8 @@ class TransferPipeline:
             facts = ensure_micro_assets(
                 self.assets_dir, t.micro, self.tiny_source, progress=self.progress, log=self.log
             )
-            return {"paths": facts["paths"], "micro": os.path.join(self.assets_dir, MICRO_MARKER)}
-        paths = ensure_tiny_assets(
+            return {"paths": facts["paths"], "micro": paths.join(self.assets_dir, MICRO_MARKER)}
+        found = ensure_tiny_assets(
             self.assets_dir,
             self.tiny_source,
             t.target_llm_arch,
@@ -440,7 +459,7 @@ class TransferPipeline:
             progress=self.progress,
             log=self.log,
         )
-        return {"paths": paths}
+        return {"paths": found}
 
     def _run_converter(self) -> dict[str, Any]:
         cc = self.cfg.converter
@@ -488,16 +507,15 @@ class TransferPipeline:
     def _run_stage(self, name: str) -> dict[str, Any]:
         sc = self.stage_configs[name]
         summary = train(sc, self.dirs[name], progress=self.progress)
-        attempts_path = os.path.join(self.records_dir, f"{name}.attempts.json")
-        attempts = read_json(attempts_path) if os.path.isfile(attempts_path) else []
+        attempts_path = paths.join(self.records_dir, f"{name}.attempts.json")
+        attempts = read_json(attempts_path) if paths.isfile(attempts_path) else []
         attempts.append(
             {
                 k: summary.get(k)
                 for k in ("steps", "wall_time_s", "flops_per_step", "stopped_by", "final_loss")
             }
         )
-        with open(attempts_path, "w") as f:
-            json.dump(attempts, f, indent=1)
+        paths.write_text(attempts_path, json.dumps(attempts, indent=1))
         if summary.get("export") is None:
             raise TransferStopped(
                 f"{name} stopped at step {summary['steps']}/{summary['total_steps']} "
@@ -546,15 +564,15 @@ class TransferPipeline:
 
     def _run_eval(self, point: str, task: str) -> dict[str, Any]:
         ec = self.eval_configs[(point, task)]
-        out = os.path.join(self.workdir, "eval", point, task)
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "eval_config.json"), "w") as f:
-            json.dump(ec, f, indent=1)  # the resolved config, for the record
+        out = paths.join(self.workdir, "eval", point, task)
+        paths.makedirs(out)
+        # The resolved config, for the record.
+        paths.write_text(paths.join(out, "eval_config.json"), json.dumps(ec, indent=1))
         raw = evaluate(ml_collections.ConfigDict(ec), out)
         return {
             "task": task,
             "checkpoint": ec["checkpoint"],
-            "predictions": os.path.join(out, f"predictions_{task}.json"),
+            "predictions": paths.join(out, f"predictions_{task}.json"),
             "metrics": eval_metrics(raw),
             "num_samples": None if raw is None else _num_samples(raw),
         }

@@ -25,9 +25,9 @@ tables); VQA / GQA accuracies in %.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+from vpgtrans_jax import paths
 from vpgtrans_jax.transfer import figures as figs
 from vpgtrans_jax.transfer import speedup
 
@@ -73,7 +73,7 @@ def build_report(pipe: Any, this_run: dict[str, str], stopped: str | None) -> di
     steps, stages = [], {}
     for step in pipe.steps:
         rec = pipe.record(step.name)
-        done = os.path.exists(step.output)
+        done = pipe.done(step)
         steps.append(
             {
                 "name": step.name,
@@ -260,7 +260,7 @@ def payoff_markdown(comp: dict[str, Any], figures: dict[str, str], root: str) ->
                  for t in tasks]  # fmt: skip
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     for task, path in figures.items():
-        lines += ["", f"![{task}]({os.path.relpath(path, root)})"]
+        lines += ["", f"![{task}]({paths.relpath(path, root)})"]
     return [*lines, ""]
 
 
@@ -278,7 +278,7 @@ def draw_figures(r: dict[str, Any], out_dir: str) -> dict[str, str]:
         metric = "CIDEr" if "caption" in task or "nocaps" in task else "accuracy (%)"
         out[task] = figs.plot_task(
             data,
-            os.path.join(out_dir, f"{task}.png"),
+            paths.join(out_dir, f"{task}.png"),
             title=f"{r['name']}: {task} ({metric}) per arm",
             metric=metric,
             baseline_best=None if tfs is None else tfs["baseline_best"],
@@ -291,23 +291,21 @@ def write_report(
     pipe: Any, this_run: dict[str, str], stopped: str | None, figures: bool = False
 ) -> dict[str, Any]:
     """Writes ``report.json`` and ``report.md`` into the pipeline's workdir (and with
-    ``figures``, the PNGs of the arms' curves into ``figures/``); returns the dict."""
+    ``figures``, the PNGs of the arms' curves into ``figures/``); returns the dict. Each file
+    is written whole (renamed into place on disk, one object PUT in a bucket)."""
     r = build_report(pipe, this_run, stopped)
-    fig_dir = os.path.join(pipe.workdir, "figures")
+    fig_dir = paths.join(pipe.workdir, "figures")
     if figures and r["curves"]:
         r["figures"] = draw_figures(r, fig_dir)
-    elif r["curves"] and os.path.isdir(fig_dir):  # drawn by an earlier run's end
+    elif r["curves"] and paths.isdir(fig_dir):  # drawn by an earlier run's end
         r["figures"] = {
-            f[: -len(".png")]: os.path.join(fig_dir, f)
-            for f in sorted(os.listdir(fig_dir))
+            f[: -len(".png")]: paths.join(fig_dir, f)
+            for f in paths.listdir(fig_dir)
             if f.endswith(".png") and not f.endswith(".tmp.png")
         }
     for name, text in (
         ("report.json", json.dumps(r, indent=1, default=str)),
         ("report.md", render_markdown(r)),
     ):
-        path = os.path.join(pipe.workdir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        paths.write_text(paths.join(pipe.workdir, name), text)
     return r

@@ -183,7 +183,7 @@ def build_word_converter(
         "align_stats": stats,
         "fit": dataclasses.asdict(fit),
         "metrics": result.metrics,
-        "text_files": [os.path.abspath(p) for p in text_files],
+        "text_files": [paths.abspath(p) for p in text_files],
         "process_captions": process_captions,
     }
     conv = WordConverter(kernel.astype(np.float32), result.bias.astype(np.float32), meta)
