@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import glob as glob_lib
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -422,29 +423,54 @@ def cache_root() -> str:
 def local_copy(path: str) -> str:
     """A local path with the content of ``path`` (a file or a directory tree).
 
-    Local paths are returned as they are. A URL is downloaded once into the cache
-    (``$VPGTRANS_REMOTE_CACHE``, default ``~/.cache/vpgtrans-jax/remote/<scheme>/<bucket>/...``);
-    a file whose size changed is fetched again.
+    Local paths are returned as they are. A URL is downloaded into the cache
+    (``$VPGTRANS_REMOTE_CACHE``, default ``~/.cache/vpgtrans-jax/remote/<scheme>/<bucket>/...``)
+    and fetched again only where the objects changed: each file's version (GCS generation, else
+    its hash or etag, and its size) is recorded beside the cache, so a rewritten object of the
+    same size (re-exported weights, a rerun's predictions) is never read stale, and files no
+    longer in the bucket are removed from the copy. One listing request finds them all.
     """
     if not is_remote(path):
         return path
     path = abspath(path)
     scheme, rest = path.split("://", 1)
     local = os.path.join(cache_root(), "remote", scheme, *rest.split("/"))
-    files = [""] if isfile(path) else walk_files(path)
-    if not files and not exists(path):
+    fs, key = _fs(path)
+    key = key.rstrip("/")
+    now: dict[str, str] = {}
+    for k, info in fs.find(key, detail=True).items():
+        if k == key or k.startswith(key + "/"):
+            now[k[len(key) + 1 :]] = _version(info)
+    if not now:
         raise FileNotFoundError(f"{path}: no such file or directory")
-    for rel in files:
-        src = join(path, rel) if rel else path
+    record = os.path.join(
+        cache_root(), "versions", hashlib.sha256(path.encode()).hexdigest()[:32] + ".json"
+    )
+    try:
+        with open(record) as f:
+            before = json.load(f)
+    except (OSError, ValueError):
+        before = {}
+    for rel, version in now.items():
         dst = os.path.join(local, rel) if rel else local
-        size = _p(src).stat().length
-        if os.path.isfile(dst) and os.path.getsize(dst) == size:
+        if before.get(rel) == version and os.path.isfile(dst):
             continue
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         tmp = f"{dst}.part{os.getpid()}"
-        copy_file(src, tmp)
+        copy_file(join(path, rel) if rel else path, tmp)
         os.replace(tmp, dst)
+    for rel in set(before) - set(now):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(local, rel) if rel else local)
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    write_text(record, json.dumps(now))
     return local
+
+
+def _version(info: dict[str, Any]) -> str:
+    """What identifies one object's content in a listing: size and the store's version id."""
+    tag = next((info[k] for k in ("generation", "md5Hash", "etag", "mtime") if info.get(k)), "")
+    return f"{info.get('size')}:{tag}"
 
 
 __all__ = [
