@@ -1,6 +1,5 @@
 """Test set-up: 8 virtual CPU devices (for sharding tests) and quiet, deterministic torch."""
 
-import importlib.util
 import os
 
 # Must happen before JAX initialises its backends.
@@ -18,6 +17,7 @@ os.environ.setdefault("HYPOTHESIS_NO_PLUGINS", "1")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from tests.tiny_run import TINY_RUN, load_config, with_overrides  # noqa: E402
 from vpgtrans_jax import tiny  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -35,24 +35,13 @@ def _torch_setup():
     yield
 
 
-# The size of the tiny stages that the end-to-end tests run (data + pretrained tiny LLM).
-TINY_IMAGES = 64
-TINY_LLM_STEPS = 60
-
-
 @pytest.fixture(scope="session")
 def tiny_synthetic_dir(tmp_path_factory) -> str:
-    """The synthetic dataset and the pretrained tiny LLM of configs/tiny_*.py, made once per
-    session (per xdist worker) and shared by the tests that run tiny stages in child processes
-    or in buckets (they find both cached: ``tiny.prepare`` only checks they exist)."""
-    spec = importlib.util.spec_from_file_location(
-        "tiny_warmup_config",
-        os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_warmup.py"),
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    """The synthetic dataset and the pretrained tiny LLM of configs/tiny_*.py at the tests' size
+    (``TINY_RUN``), made once per session (per xdist worker) and shared by the tests that run
+    tiny stages in child processes (they find both cached: ``tiny.prepare`` only checks they
+    exist)."""
+    c = load_config("tiny_warmup")
     c.data.synthetic_dir = str(tmp_path_factory.mktemp("tiny") / "data")
-    c.data.synthetic_images = TINY_IMAGES
-    c.model.tiny_llm_steps = TINY_LLM_STEPS
-    return tiny.prepare(c).data.synthetic_dir
+    size = {k: TINY_RUN[k] for k in ("data.synthetic_images", "model.tiny_llm_steps")}
+    return tiny.prepare(with_overrides(c, size)).data.synthetic_dir

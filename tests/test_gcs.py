@@ -5,10 +5,8 @@ one-command transfer with its workdir, inputs and report in a bucket."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import signal
 import time
 
 import jax
@@ -19,6 +17,7 @@ import vpgtrans_jax
 from tests import torch_reference as F
 from tests.gcs_util import gcs_server
 from tests.scripts_util import run_script
+from tests.tiny_run import REPO, TINY_RUN, load_config, train_until, with_overrides
 from vpgtrans_jax import outputs, paths, tiny
 from vpgtrans_jax.checkpoint import model_dir
 from vpgtrans_jax.data.arrayrecord import convert_source
@@ -26,22 +25,12 @@ from vpgtrans_jax.data.processors import load_image
 from vpgtrans_jax.data.registry import make_source
 from vpgtrans_jax.errors import TrainingError
 from vpgtrans_jax.train import checkpointing, loop
-from vpgtrans_jax.train import step as step_lib
 from vpgtrans_jax.train import workdir as workdir_lib
 from vpgtrans_jax.train.metrics_writer import read_scalars
 from vpgtrans_jax.transfer import figures, pipeline
-from vpgtrans_jax.transfer.config_io import load_config_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny stage-1 run of these tests, as config overrides (the CLI rerun passes the same).
-OVERRIDES = {
-    "data.synthetic_images": 64,
-    "model.tiny_llm_steps": 60,
-    "batch_size": 8,
-    "num_steps": 6,
-    "log_every": 1,
-    "checkpoint_every": 3,
-}
+OVERRIDES = {**TINY_RUN, "checkpoint_every": 3}
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +45,9 @@ def synthetic_dir(tmp_path_factory):
 
 
 def _config(synthetic_dir: str):
-    spec = importlib.util.spec_from_file_location(
-        "cfg", os.path.join(REPO, "configs", "tiny_warmup.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config("tiny_warmup")
     c.data.synthetic_dir = synthetic_dir
-    for key, value in OVERRIDES.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return tiny.prepare(c)
+    return tiny.prepare(with_overrides(c, OVERRIDES))
 
 
 def _upload(local: str, url: str) -> None:
@@ -126,6 +104,20 @@ def test_object_store_primitives(bucket):
     log.close()
     assert paths.read_text(f"{bucket}/prim/log") == "one\ntwo\n"
     assert paths.glob(f"{bucket}/prim/*/sub/*.json") == [f"{bucket}/prim/out/sub/x.json"]
+
+    # Local copies follow the bucket: a same-size rewrite is fetched again, a deleted file goes.
+    paths.write_text(f"{bucket}/prim/tok/a.json", "[1]")
+    paths.write_text(f"{bucket}/prim/tok/b.json", "[2]")
+    local = paths.local_copy(f"{bucket}/prim/tok")
+    assert sorted(os.listdir(local)) == ["a.json", "b.json"]
+    paths.write_text(f"{bucket}/prim/tok/a.json", "[3]")
+    paths.remove(f"{bucket}/prim/tok/b.json")
+    assert paths.local_copy(f"{bucket}/prim/tok") == local and os.listdir(local) == ["a.json"]
+    assert open(os.path.join(local, "a.json")).read() == "[3]"
+    one = paths.local_copy(f"{bucket}/prim/tok/a.json")
+    assert open(one).read() == "[3]"
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        paths.local_copy(f"{bucket}/prim/nothing")
     # Links between files of one output (the reports' figure and seed links).
     assert paths.relpath(f"{bucket}/w/figures/a.png", f"{bucket}/w/") == "figures/a.png"
     assert (
@@ -174,37 +166,12 @@ def test_workdir_lock_in_a_bucket(bucket, caplog):
     assert "took over the lock" in caplog.text
 
 
-def _train_until(c, workdir: str, stop_at: int) -> dict:
-    """``loop.train`` with a SIGTERM delivered to this process right after step ``stop_at``."""
-    original = step_lib.jit_train_step
-
-    def wrapped(*args, **kwargs):
-        fn = original(*args, **kwargs)
-        calls = {"n": 0}
-
-        def counting(*a):
-            out = fn(*a)
-            calls["n"] += 1
-            if calls["n"] == stop_at:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return out
-
-        counting.lower = fn.lower
-        return counting
-
-    loop.jit_train_step = wrapped
-    try:
-        return loop.train(c, workdir, progress=False)
-    finally:
-        loop.jit_train_step = original
-
-
 def test_stage1_in_a_bucket_resumes_bit_exactly(bucket, synthetic_dir, tmp_path):
     full = str(tmp_path / "full")
     loop.train(_config(synthetic_dir), full, progress=False)  # uninterrupted, on local disk
 
     run = f"{bucket}/stage1"
-    summary = _train_until(_config(synthetic_dir), run, stop_at=3)
+    summary = train_until(_config(synthetic_dir), run, stop_at=3)
     assert summary["stopped_by"] == "SIGTERM" and summary["steps"] == 3
     assert checkpointing.steps_on_disk(run) == [3]
     assert not paths.exists(f"{run}/export")  # a stopped run exports nothing
@@ -298,14 +265,7 @@ TRANSFER_OVERRIDES = {
 
 
 def _transfer_config():
-    c = load_config_file("configs/transfer_tiny.py", what="test")
-    for key, value in TRANSFER_OVERRIDES.items():
-        node = c
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return c
+    return with_overrides(load_config("transfer_tiny"), TRANSFER_OVERRIDES)
 
 
 def test_transfer_in_a_bucket_resumes(bucket):

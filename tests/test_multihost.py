@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.tiny_run import REPO, TINY_RUN, load_config, with_overrides
 from vpgtrans_jax import tiny
 from vpgtrans_jax.data import pipeline, text
 from vpgtrans_jax.data.registry import make_source
@@ -25,36 +25,23 @@ from vpgtrans_jax.train import checkpointing
 
 # Each run starts JAX in 2 processes: ~0.5-1 min on 2 cores.
 TIMEOUT_S = 300  # per launch; a hang (a lost peer) fails instead of blocking CI
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny stage 2 (Q-Former + projector trained) on the (2, 2, 2) mesh.
 OVERRIDES = {
-    "data.synthetic_images": 64,
-    "model.tiny_llm_steps": 60,
-    "batch_size": 8,
-    "num_steps": 6,
-    "log_every": 1,
+    **TINY_RUN,
     "checkpoint_every": 1000,
     "optim.warmup_steps": 2,
     "mesh_shape": "(2,2,2)",
 }
 
 
-def _load(path: str):
-    spec = importlib.util.spec_from_file_location("m", os.path.join(REPO, path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def synthetic_dir(tiny_synthetic_dir):
     # The session's tiny data; prepared here for this stage, so the processes of a run find
     # everything cached instead of each making it.
-    c = _load("configs/tiny_finetune.py").get_config()
+    c = load_config("tiny_finetune")
     c.data.synthetic_dir = tiny_synthetic_dir
-    c.data.synthetic_images = OVERRIDES["data.synthetic_images"]
-    c.model.tiny_llm_steps = OVERRIDES["model.tiny_llm_steps"]
-    return tiny.prepare(c).data.synthetic_dir
+    size = {k: OVERRIDES[k] for k in ("data.synthetic_images", "model.tiny_llm_steps")}
+    return tiny.prepare(with_overrides(c, size)).data.synthetic_dir
 
 
 def _free_port() -> int:

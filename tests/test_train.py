@@ -18,6 +18,8 @@ import pytest
 from flax import nnx
 from ml_collections import config_flags  # noqa: F401 - config files are plain modules here
 
+from tests.tiny_run import TINY_RUN, train_until, with_overrides
+from tests.tiny_run import load_config as _load_config
 from vpgtrans_jax import tiny
 from vpgtrans_jax.nn import layers
 from vpgtrans_jax.train import config_base, loop, optim
@@ -25,15 +27,6 @@ from vpgtrans_jax.train import step as step_lib
 from vpgtrans_jax.train.metrics_writer import crc32c, read_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_config(name: str, arg: str | None = None):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +37,7 @@ def synthetic_dir(tmp_path_factory):
 def _tiny(name, synthetic_dir, **over):
     c = _load_config(name)
     c.data.synthetic_dir = synthetic_dir
-    c.data.synthetic_images = 64
-    c.model.tiny_llm_steps = 60
-    c.batch_size = 8
-    c.num_steps = 6
-    c.log_every = 1
-    c.checkpoint_every = 3
-    for key, value in over.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
+    with_overrides(c, {**TINY_RUN, "checkpoint_every": 3, **over})
     # These runs are shorter than the configs' warm-up, which validation refuses.
     c.optim.warmup_steps = min(c.optim.warmup_steps, c.num_steps)
     return tiny.prepare(c)  # the synthetic data and the tiny LLM, as scripts/train.py does
@@ -114,27 +96,7 @@ def test_finetune_from_warmup_export_and_resume_is_exact(tmp_path, synthetic_dir
 
 def _train_until(c, workdir, stop_at):
     """Runs the loop and delivers SIGTERM to ourselves right after step ``stop_at``."""
-    original = step_lib.jit_train_step
-
-    def wrapped(*args, **kwargs):
-        fn = original(*args, **kwargs)
-        calls = {"n": 0}
-
-        def counting(*a):
-            out = fn(*a)
-            calls["n"] += 1
-            if calls["n"] == stop_at:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return out
-
-        counting.lower = fn.lower
-        return counting
-
-    loop.jit_train_step = wrapped
-    try:
-        summary = loop.train(c, workdir, progress=False)
-    finally:
-        loop.jit_train_step = original
+    summary = train_until(c, workdir, stop_at)
     assert summary["stopped_by"] == "SIGTERM" and summary["steps"] == stop_at
 
 

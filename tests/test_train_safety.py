@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from tests.scripts_util import REPO, run_script
-from tests.test_train import _load_config, _tiny, _train_until
+from tests.test_train import _tiny, _train_until
+from tests.tiny_run import TINY_RUN, load_config, with_overrides
 from vpgtrans_jax.errors import CheckpointError, ConfigError, TrainingError
 from vpgtrans_jax.train import checkpointing, config_base, loop
 from vpgtrans_jax.train.metrics_writer import read_scalars
@@ -39,11 +40,7 @@ def _cli_args(synthetic_dir: str, workdir, **over) -> list[str]:
     """scripts/train.py flags giving the same config as ``_tiny("tiny_warmup", ...)``."""
     flags = {
         "data.synthetic_dir": synthetic_dir,
-        "data.synthetic_images": 64,
-        "model.tiny_llm_steps": 60,
-        "batch_size": 8,
-        "num_steps": 6,
-        "log_every": 1,
+        **TINY_RUN,
         "checkpoint_every": 3,
         **over,
     }
@@ -181,23 +178,18 @@ def test_second_run_on_a_workdir_is_refused_and_kill9_frees_it(tmp_path, synthet
     ],
 )
 def test_numeric_fields_are_validated(key, value, message):
-    c = _load_config("tiny_warmup")
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-        node = node[p]
-    node[last] = value
+    c = with_overrides(load_config("tiny_warmup"), {key: value})
     with pytest.raises(ConfigError) as e:
         config_base.validate(c, prepared=False)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_multipliers_and_source_weights_are_validated():
-    c = _load_config("tiny_warmup")
+    c = load_config("tiny_warmup")
     c.optim.lr_multipliers = {"projector": math.nan}
     with pytest.raises(ConfigError, match=r"config\.optim\.lr_multipliers\.projector"):
         config_base.validate(c, prepared=False)
-    c = _load_config("tiny_warmup")
+    c = load_config("tiny_warmup")
     c.data.sources.synthetic_captions.weight = 0.0
     with pytest.raises(ConfigError, match=r"config\.data\.sources\.synthetic_captions\.weight"):
         config_base.validate(c, prepared=False)
